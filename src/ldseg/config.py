@@ -1,0 +1,230 @@
+"""Typed configuration, saved as JSON next to every run and checkpoint.
+
+Loading validates against the dataclasses: unknown or missing keys are errors, so a config
+file can never smuggle in anything but plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ldseg.errors import LdsegError
+
+
+@dataclass
+class ModelConfig:
+    """The four LDSeg networks. Defaults are the reference 2D sizes of the method page."""
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    num_classes: int = 2
+    # One width per label-encoder block; a 2x downsampling between consecutive blocks, so
+    # len - 1 downsamplings in all (reference: 4, latent grid = 1/16 of the input per axis).
+    label_encoder_widths: tuple[int, ...] = (16, 32, 64, 64, 32)
+    image_encoder_stem: int = 16
+    # One downsampling per image-encoder block; must equal the label encoder's count.
+    image_encoder_widths: tuple[int, ...] = (32, 64, 64, 32)
+    image_encoder_attention: bool = True
+    denoiser_widths: tuple[int, ...] = (16, 32, 64)
+    denoiser_attention: tuple[bool, ...] = (False, True, True)
+    denoiser_res_blocks: int = 2
+    # One upsampling per label-decoder block; must equal the label encoder's count.
+    label_decoder_widths: tuple[int, ...] = (32, 64, 64, 32)
+    latent_channels: int = 1
+    image_latent_channels: int = 1
+    norm: str = "group"  # "group" or "batch" (reference); BatchNorm misbehaves in eval mode
+    dropout: float = 0.2
+    label_input: str = "onehot"  # "onehot" or "integer" (reference quirk: one channel)
+    attention_head_channels: int = 16
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.label_encoder_widths) - 1)
+
+    def validate(self) -> None:
+        n_down = len(self.label_encoder_widths) - 1
+        if self.spatial_dims not in (2, 3):
+            raise LdsegError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if len(self.image_encoder_widths) != n_down or len(self.label_decoder_widths) != n_down:
+            raise LdsegError(
+                "image_encoder_widths and label_decoder_widths need one entry per downsampling "
+                f"({n_down}, from label_encoder_widths)"
+            )
+        if len(self.denoiser_attention) != len(self.denoiser_widths):
+            raise LdsegError("denoiser_attention needs one flag per denoiser width")
+        if self.norm not in ("group", "batch"):
+            raise LdsegError(f"norm must be 'group' or 'batch', got '{self.norm}'")
+        if self.label_input not in ("onehot", "integer"):
+            raise LdsegError(f"label_input must be 'onehot' or 'integer', got '{self.label_input}'")
+        if self.num_classes < 2:
+            raise LdsegError(f"num_classes must be at least 2, got {self.num_classes}")
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule, training-time denoised latent and default sampler settings."""
+
+    schedule: str = "cosine"  # "cosine", "linear" or "quadratic"
+    timesteps: int = 1000
+    # "x0": (z_t - sqrt(1-a) eps_hat) / sqrt(a), consistent with the forward process;
+    # "residual": z_t - eps_hat (reference quirk).
+    denoised_rule: str = "x0"
+    x0_min_divisor: float = 0.05  # clamps sqrt(alpha_bar) in training; see method pitfalls
+    shared_noise: bool = False  # reference quirk: one eps repeated across the batch
+    sampling_steps: int = 15
+    eta: float = 0.0  # 0 = DDIM, 1 = DDPM
+
+    def validate(self) -> None:
+        if self.schedule not in ("cosine", "linear", "quadratic"):
+            raise LdsegError(f"unknown noise schedule '{self.schedule}'")
+        if self.denoised_rule not in ("x0", "residual"):
+            raise LdsegError(
+                f"denoised_rule must be 'x0' or 'residual', got '{self.denoised_rule}'"
+            )
+        if self.sampling_steps < 1 or self.sampling_steps > self.timesteps:
+            raise LdsegError(f"sampling steps must be within 1..{self.timesteps}")
+
+
+@dataclass
+class PreprocessConfig:
+    """What turns a file into the network's input; saved so predictions are reproducible."""
+
+    spatial_dims: int = 2  # of the model; 2 with a 3D dataset means slice-wise
+    grid: tuple[int, ...] = ()  # the model grid; () = chosen from the data at train time
+    slice_axis: int = -1  # array axis sliced when a 3D dataset is trained as 2D; -1 = auto
+    keep_aspect: bool = True  # resize isotropically in physical units, then pad
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    data_spatial_dims: int = 2  # of the dataset files
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, augmentation and bookkeeping."""
+
+    batch_size: int = 4
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" decay to lr_min_ratio * lr, or "constant"
+    lr_min_ratio: float = 0.05
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    epochs: int = 50
+    iters_per_epoch: int = 50
+    budget_minutes: float = 0.0  # > 0: stop by wall clock instead of epochs
+    val_every: int = 1  # epochs
+    val_fraction: float = 0.2
+    val_cases: tuple[str, ...] = ()
+    val_max_cases: int = 8
+    ema_decay: float = 0.999
+    gamma_dice: float = 2.0
+    lambda_noise: float = 1.0
+    flip_axes: tuple[int, ...] = ()  # spatial axes mirrored at random
+    intensity_augment: bool = True
+    noise_augment_std: float = 0.05
+    seed: int = 0
+    num_threads: int = 0  # 0 = every core
+    channels_last: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a trained model and reproduce its predictions."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    class_names: tuple[str, ...] = ("background", "foreground")
+    channel_names: tuple[str, ...] = ("image",)
+    file_ending: str = ".png"
+    dataset_name: str = ""
+    ldseg_version: str = "0.1.0"
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.diffusion.validate()
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _coerce(tp, value, where: str):
+    """Check a JSON value against a dataclass field type and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise LdsegError(f"{where}: expected a list, got {type(value).__name__}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise LdsegError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        raise LdsegError(f"{where}: unsupported union type")  # not used by the dataclasses
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise LdsegError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        if type(value) is not tp:
+            raise LdsegError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise LdsegError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build a dataclass from JSON data; unknown or missing keys are errors."""
+    if not isinstance(data, dict):
+        raise LdsegError(f"{where}: expected an object")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    missing = sorted(names - set(data))
+    if unknown:
+        raise LdsegError(f"{where}: unknown keys {unknown}")
+    if missing:
+        raise LdsegError(f"{where}: missing keys {missing}")
+    return cls(**{k: _coerce(hints[k], data[k], f"{where}.{k}") for k in names})
+
+
+def save_json(data: dict, path: Path) -> None:
+    """Write JSON atomically: a crash never leaves a half-written config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_run_config(config: RunConfig, path: Path) -> None:
+    save_json(to_dict(config), path)
+
+
+def load_run_config(path: Path) -> RunConfig:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LdsegError(f"{path}: config not found") from None
+    except json.JSONDecodeError as exc:
+        raise LdsegError(f"{path}: invalid JSON ({exc})") from None
+    config = from_dict(RunConfig, data, where=str(path))
+    config.validate()
+    return config

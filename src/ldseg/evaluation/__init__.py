@@ -1,0 +1,1 @@
+"""Scoring predicted segmentations against references (Dice, IoU) in nnU-Net v2's format."""

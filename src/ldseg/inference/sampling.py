@@ -1,0 +1,61 @@
+"""Segmenting a batch on the model grid: one image-encoder pass, N latent samples, decode.
+
+The N samples of each image run batched together after a single image-encoder pass; the
+decoder runs in chunks so that memory stays bounded in 3D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ldseg.diffusion.sampler import StepCallback, sample_latent
+from ldseg.diffusion.schedule import NoiseSchedule
+from ldseg.model.networks import LDSeg
+
+
+@dataclass
+class GridSegmentation:
+    mean_probs: torch.Tensor  # (B, K, *grid): mean over samples of the class probabilities
+    sample_labels: torch.Tensor | None  # (B, N, *grid) uint8, when N > 1
+
+
+def segment_batch(
+    model: LDSeg,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    *,
+    steps: int,
+    eta: float = 0.0,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    decode_chunk: int = 8,
+    on_step: StepCallback | None = None,
+) -> GridSegmentation:
+    """images: (B, C, *grid) normalised. Starting noise is drawn on the CPU from `generator`,
+    so a seed gives the same segmentation on any device."""
+    b = images.shape[0]
+    z_image = model.image_encoder(images)
+    if samples > 1:
+        z_image = z_image.repeat_interleave(samples, dim=0)
+    latent_shape = (b * samples, model.config.latent_channels, *z_image.shape[2:])
+    noise = torch.randn(latent_shape, generator=generator).to(images.device, z_image.dtype)
+
+    def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model.denoiser(z, z_image, t)
+
+    z = sample_latent(denoise, schedule, noise, steps, eta, generator, on_step)
+    probs_sum = None
+    labels = []
+    per_image = z.reshape(b, samples, *z.shape[1:])
+    for s0 in range(0, samples, max(1, decode_chunk // max(1, b))):
+        chunk = per_image[:, s0:s0 + max(1, decode_chunk // max(1, b))]
+        n = chunk.shape[1]
+        probs = torch.softmax(model.label_decoder(chunk.reshape(b * n, *z.shape[1:])).float(), 1)
+        probs = probs.reshape(b, n, *probs.shape[1:])
+        if samples > 1:
+            labels.append(probs.argmax(2).to(torch.uint8))
+        part = probs.sum(1)
+        probs_sum = part if probs_sum is None else probs_sum + part
+    return GridSegmentation(probs_sum / samples, torch.cat(labels, 1) if labels else None)

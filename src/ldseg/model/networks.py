@@ -1,0 +1,198 @@
+"""The four LDSeg networks, one implementation for 2D and 3D (chosen by `spatial_dims`).
+
+Label encoder f_le: label map -> standardized label latent z_l0 (1/2^n grid).
+Image encoder f_ie: image -> image latent z_i on the same grid.
+Denoiser eps_theta(z_t, z_i, t): MONAI's DDPM U-Net on concat[z_t, z_i].
+Label decoder f_ld: latent -> class logits at full resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import SpatialAttentionBlock
+from monai.networks.layers.factories import Conv
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from ldseg.config import ModelConfig
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """GroupNorm by default: BatchNorm's running statistics are unreliable in eval mode with
+    the small batches a CPU allows (method page, pitfalls)."""
+    if kind == "batch":
+        return _BatchNormAnyDims(channels)
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class _BatchNormAnyDims(nn.BatchNorm1d):
+    """BatchNorm over channel dim for any number of spatial dims (flattens them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return super().forward(x.reshape(shape[0], shape[1], -1)).reshape(shape)
+
+
+def standardize(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Zero mean, unit variance per sample over all latent elements.
+
+    Per sample, not per batch: the reference's batch-wide version couples the samples.
+    """
+    dims = tuple(range(1, z.ndim))
+    mean = z.mean(dim=dims, keepdim=True)
+    var = z.var(dim=dims, keepdim=True, unbiased=False)
+    return (z - mean) * torch.rsqrt(var + eps)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs with norm + swish, dropout, and a 1x1 shortcut (reference block)."""
+
+    def __init__(self, spatial_dims: int, cin: int, cout: int, norm: str, dropout: float) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv1 = conv(cin, cout, 3, padding=1)
+        self.norm1 = make_norm(norm, cout)
+        self.conv2 = conv(cout, cout, 3, padding=1)
+        self.norm2 = make_norm(norm, cout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(self.conv1(x)))
+        h = self.dropout(h)
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h + self.skip(x)
+
+
+def _attention(spatial_dims: int, channels: int, head_channels: int) -> nn.Module:
+    # MONAI's block with PyTorch's memory-efficient scaled_dot_product_attention.
+    heads_ch = head_channels if channels % head_channels == 0 else channels
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return SpatialAttentionBlock(
+        spatial_dims, channels, num_head_channels=heads_ch, norm_num_groups=groups,
+        use_flash_attention=True,
+    )
+
+
+class LabelEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, w = cfg.spatial_dims, cfg.label_encoder_widths
+        conv = Conv[Conv.CONV, d]
+        cin = cfg.num_classes if cfg.label_input == "onehot" else 1
+        self.num_classes, self.label_input = cfg.num_classes, cfg.label_input
+        layers: list[nn.Module] = [ResBlock(d, cin, w[0], cfg.norm, cfg.dropout)]
+        for prev, cur in zip(w[:-1], w[1:], strict=True):
+            layers.append(conv(prev, prev, 3, stride=2, padding=1))
+            layers.append(ResBlock(d, prev, cur, cfg.norm, cfg.dropout))
+        self.blocks = nn.Sequential(*layers)
+        self.out = conv(w[-1], cfg.latent_channels, 1)
+
+    def forward(self, label: torch.Tensor) -> torch.Tensor:
+        """label: (B, *spatial) integer map -> standardized latent (B, c, *spatial/2^n)."""
+        if self.label_input == "onehot":
+            x = F.one_hot(label.long(), self.num_classes).movedim(-1, 1).float()
+        else:
+            x = label[:, None].float()
+        return standardize(self.out(self.blocks(x)))
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, w = cfg.spatial_dims, cfg.image_encoder_widths
+        conv = Conv[Conv.CONV, d]
+        layers: list[nn.Module] = [conv(cfg.in_channels, cfg.image_encoder_stem, 3, padding=1)]
+        prev = cfg.image_encoder_stem
+        for i, cur in enumerate(w):
+            layers.append(ResBlock(d, prev, cur, cfg.norm, cfg.dropout))
+            layers.append(conv(cur, cur, 3, stride=2, padding=1))
+            layers.append(make_norm("group", cur))
+            if cfg.image_encoder_attention and i >= len(w) - 2:
+                layers.append(_attention(d, cur, cfg.attention_head_channels))
+            prev = cur
+        layers.append(conv(prev, cfg.image_latent_channels, 1))
+        if cfg.image_encoder_attention:
+            layers.append(_attention(d, cfg.image_latent_channels, cfg.attention_head_channels))
+        # Per-sample normalisation instead of the reference's final BatchNorm (eval-mode safe).
+        layers.append(nn.GroupNorm(1, cfg.image_latent_channels))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+
+class Denoiser(nn.Module):
+    """Predicts the noise in z_t given the image latent; MONAI's standard DDPM U-Net."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.unet = DiffusionModelUNet(
+            spatial_dims=cfg.spatial_dims,
+            in_channels=cfg.latent_channels + cfg.image_latent_channels,
+            out_channels=cfg.latent_channels,
+            channels=cfg.denoiser_widths,
+            attention_levels=cfg.denoiser_attention,
+            num_res_blocks=cfg.denoiser_res_blocks,
+            norm_num_groups=4,
+            num_head_channels=[min(c, cfg.attention_head_channels) for c in cfg.denoiser_widths],
+            use_flash_attention=True,
+        )
+        self.multiple = 2 ** (len(cfg.denoiser_widths) - 1)
+
+    def forward(self, z_t: torch.Tensor, z_image: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # The latent grid need not be a multiple of the U-Net's own downsampling: pad, then crop.
+        spatial = z_t.shape[2:]
+        pads: list[int] = []
+        for size in reversed(spatial):
+            pads += [0, (-size) % self.multiple]
+        x = torch.cat([z_t, z_image], dim=1)
+        if any(pads):
+            x = F.pad(x, pads, mode="replicate")
+        eps = self.unet(x, timesteps=t)
+        return eps[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+
+
+class LabelDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, w = cfg.spatial_dims, cfg.label_decoder_widths
+        conv = Conv[Conv.CONV, d]
+        self.stem = conv(cfg.latent_channels, w[0], 3, padding=1)
+        self.ups = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        prev = w[0]
+        for cur in w:
+            self.ups.append(conv(prev, cur, 3, padding=1))  # after a nearest 2x upsampling
+            self.blocks.append(ResBlock(d, cur, cur, cfg.norm, cfg.dropout))
+            prev = cur
+        self.out = conv(prev, cfg.num_classes, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> class logits (softmax is applied by the loss and at inference)."""
+        h = self.stem(z)
+        for up, block in zip(self.ups, self.blocks, strict=True):
+            h = F.silu(up(F.interpolate(h, scale_factor=2, mode="nearest")))
+            h = block(h)
+        return self.out(h)
+
+
+class LDSeg(nn.Module):
+    """The four networks, trained end to end by one loss."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.label_encoder = LabelEncoder(cfg)
+        self.image_encoder = ImageEncoder(cfg)
+        self.denoiser = Denoiser(cfg)
+        self.label_decoder = LabelDecoder(cfg)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            name: sum(p.numel() for p in module.parameters())
+            for name, module in self.named_children()
+        }

@@ -1,0 +1,84 @@
+"""Checkpoints: weights in safetensors, everything else in JSON. Loading never runs code.
+
+A model file carries its run config in the safetensors metadata, so one file is enough to
+rebuild the model; the training state (optimizer, EMA, RNG, counters) sits beside it for
+`--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from ldseg.config import RunConfig, from_dict, to_dict
+from ldseg.errors import LdsegError
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise LdsegError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LdsegError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+
+
+def save_model(model: torch.nn.Module, config: RunConfig, path: Path, info: dict) -> None:
+    """Inference weights plus the config that rebuilds them."""
+    meta = {"ldseg_config": json.dumps(to_dict(config)), "info": json.dumps(info)}
+    atomic_save_tensors(model.state_dict(), path, meta)
+
+
+def load_model_file(path: Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict]:
+    tensors, metadata = load_tensors(path)
+    if "ldseg_config" not in metadata:
+        raise LdsegError(f"{path}: not an ldseg model file (no config in its metadata)")
+    try:
+        config = from_dict(RunConfig, json.loads(metadata["ldseg_config"]), where=str(path))
+        info = json.loads(metadata.get("info", "{}"))
+    except json.JSONDecodeError as exc:
+        raise LdsegError(f"{path}: malformed config in checkpoint ({exc})") from None
+    config.validate()
+    return config, tensors, info
+
+
+def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Strict load with a one-line error instead of PyTorch's multi-line one."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise LdsegError(
+            f"{where}: weights do not match the model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    for k, v in tensors.items():
+        if v.shape != expected[k].shape:
+            raise LdsegError(f"{where}: weight '{k}' has shape {tuple(v.shape)}, "
+                             f"expected {tuple(expected[k].shape)}")
+    module.load_state_dict(tensors)

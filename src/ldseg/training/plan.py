@@ -1,0 +1,79 @@
+"""Planning a run from a dataset: model grid, network sizes and channel/class counts.
+
+Like nnU-Net's planning step: the dataset decides what it can (channels, classes, grid),
+the user overrides what they want, and the result is one `RunConfig` saved with the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ldseg.config import DiffusionConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from ldseg.data.dataset import DatasetSpec
+from ldseg.data.preprocessing import DEFAULT_GRID_VOXELS, choose_grid, slice_axis_for
+from ldseg.errors import LdsegError
+
+
+def default_model(spatial_dims: int, in_channels: int, num_classes: int) -> ModelConfig:
+    """Reference sizes in 2D. In 3D on a CPU the grid is small, so the latent keeps 1/8 of the
+    grid with 4 channels instead of 1/16 with 1: at 1/16 a 48x32x80 grid leaves 3x2x5 latent
+    voxels, too few to carry two bones' shapes."""
+    if spatial_dims == 2:
+        return ModelConfig(spatial_dims=2, in_channels=in_channels, num_classes=num_classes)
+    return ModelConfig(
+        spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
+        label_encoder_widths=(16, 32, 64, 32), image_encoder_widths=(32, 64, 32),
+        label_decoder_widths=(32, 64, 32), latent_channels=4, image_latent_channels=4,
+        denoiser_widths=(32, 64, 64), dropout=0.0,
+    )
+
+
+def plan_run(
+    spec: DatasetSpec,
+    shapes: list[tuple[int, ...]],
+    spacings: list[tuple[float, ...]],
+    *,
+    dims: int | None = None,
+    grid: tuple[int, ...] = (),
+    max_voxels: int = 0,
+    slice_axis: int = -1,
+    model: ModelConfig | None = None,
+    diffusion: DiffusionConfig | None = None,
+    train: TrainConfig | None = None,
+    auto_flips: bool = True,
+) -> RunConfig:
+    """Fill in everything the dataset determines; `shapes`/`spacings` are the training cases'."""
+    data_dims = spec.spatial_dims
+    dims = dims or data_dims
+    if dims > data_dims:
+        raise LdsegError(f"{spec.root}: a {data_dims}D dataset cannot train a {dims}D model")
+    model = model or default_model(dims, spec.num_channels, spec.num_classes)
+    model = replace(model, spatial_dims=dims, in_channels=spec.num_channels,
+                    num_classes=spec.num_classes)
+    model.validate()
+    multiple = model.downsample_factor
+    axis = -1
+    if dims < data_dims:
+        axis = slice_axis_for(tuple(spacings[0]), slice_axis)
+        shapes = [tuple(s for a, s in enumerate(shape) if a != axis) for shape in shapes]
+        spacings = [tuple(s for a, s in enumerate(sp) if a != axis) for sp in spacings]
+    if grid:
+        if len(grid) != dims or any(g % multiple for g in grid):
+            raise LdsegError(
+                f"grid {grid} must have {dims} axes, each a multiple of {multiple}"
+            )
+    else:
+        grid = choose_grid(shapes, spacings, max_voxels or DEFAULT_GRID_VOXELS[dims], multiple)
+    preprocess = PreprocessConfig(
+        spatial_dims=dims, grid=tuple(grid), slice_axis=axis, data_spatial_dims=data_dims
+    )
+    train = train or TrainConfig()
+    if auto_flips:  # mirror 2D images; 3D anatomy (left/right, femur above tibia) is not
+        train = replace(train, flip_axes=(0, 1) if dims == 2 else ())
+    config = RunConfig(
+        model=model, diffusion=diffusion or DiffusionConfig(), preprocess=preprocess,
+        train=train, class_names=tuple(spec.class_names), channel_names=tuple(spec.channel_names),
+        file_ending=spec.file_ending, dataset_name=spec.name,
+    )
+    config.validate()
+    return config

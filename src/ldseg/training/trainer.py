@@ -1,0 +1,370 @@
+"""End-to-end training of the four LDSeg networks by one loss.
+
+Per step: z_l0 = f_le(y), z_i = f_ie(X), z_t = forward noising, eps_hat = eps_theta(z_t, z_i, t),
+z_dn = denoised latent, logits = f_ld(z_dn); loss = CE + gamma (1 - Dice) + lambda MSE(eps).
+Every `val_every` epochs the EMA model segments the validation cases by actually sampling.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ldseg.config import RunConfig, save_run_config, to_dict
+from ldseg.data.dataset import Case, DatasetSpec, check_dataset, list_cases, load_case
+from ldseg.data.imageio import image_info
+from ldseg.data.preprocessing import PreparedCase, prepare_case
+from ldseg.diffusion.schedule import NoiseSchedule
+from ldseg.errors import LdsegError
+from ldseg.inference.sampling import segment_batch
+from ldseg.model.networks import LDSeg
+from ldseg.training.augment import augment_batch
+from ldseg.training.checkpoint import atomic_save_tensors, load_tensors, save_model
+from ldseg.training.loss import LDSegLoss
+
+MODEL_BEST = "model_best.safetensors"
+MODEL_LAST = "model_last.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+LOG_CSV = "log.csv"
+
+
+def split_cases(cases: list[Case], fraction: float, names: tuple[str, ...], seed: int):
+    """Case-level split (never slices of one case on both sides)."""
+    if names:
+        unknown = sorted(set(names) - {c.name for c in cases})
+        if unknown:
+            raise LdsegError(f"validation cases not in the dataset: {unknown}")
+        return [c for c in cases if c.name not in names], [c for c in cases if c.name in names]
+    n_val = 0 if fraction <= 0 else max(1, round(fraction * len(cases)))
+    if n_val >= len(cases):
+        raise LdsegError(f"{len(cases)} case(s) leave none for training after the validation split")
+    order = list(range(len(cases)))
+    random.Random(seed).shuffle(order)
+    val = sorted(order[:n_val])
+    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
+
+
+def prepare(case: Case, config: RunConfig) -> PreparedCase:
+    image, label, geometry = load_case(case)
+    pre = config.preprocess
+    return prepare_case(
+        image, label, geometry.spacing, pre.grid, keep_aspect=pre.keep_aspect,
+        clip_percentiles=pre.clip_percentiles, num_classes=config.model.num_classes,
+        slice_axis=None if pre.slice_axis < 0 else pre.slice_axis,
+    )
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the RNG states and weights, make a resumed run identical."""
+
+    step: int = 0
+    epoch: int = 0
+    elapsed: float = 0.0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    cursor: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def foreground_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> list[float]:
+    """Dice per foreground class over all voxels given; NaN when both are empty."""
+    out = []
+    for k in range(1, num_classes):
+        p, r = pred == k, ref == k
+        denom = int(p.sum() + r.sum())
+        out.append(float("nan") if denom == 0 else 2.0 * int((p & r).sum()) / denom)
+    return out
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, spec: DatasetSpec, run_dir: Path,
+                 train_cases: list[Case], val_cases: list[Case]) -> None:
+        self.config, self.spec, self.run_dir = config, spec, Path(run_dir)
+        tc = config.train
+        torch.manual_seed(tc.seed)
+        self.generator = torch.Generator().manual_seed(tc.seed)
+        self.model = LDSeg(config.model)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.memory_format = torch.preserve_format
+        if tc.channels_last:
+            self.memory_format = (torch.channels_last if config.model.spatial_dims == 2
+                                  else torch.channels_last_3d)
+            self.model.to(memory_format=self.memory_format)
+            self.ema.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr,
+                                          weight_decay=tc.weight_decay)
+        self.schedule = NoiseSchedule(config.diffusion.schedule, config.diffusion.timesteps)
+        self.loss_fn = LDSegLoss(tc.gamma_dice, tc.lambda_noise)
+        self.state = TrainState()
+        self.stop_requested = False
+        prepared = [prepare(c, config) for c in tqdm(train_cases, desc="loading", leave=False)]
+        self.images = torch.cat([p.images for p in prepared])
+        self.labels = torch.cat([p.labels for p in prepared])
+        self.val = [(c.name, prepare(c, config)) for c in val_cases[: tc.val_max_cases]]
+        self.perm = torch.randperm(len(self.images), generator=self.generator)
+
+    # ---- one optimisation step -------------------------------------------------------------
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = min(self.config.train.batch_size, len(self.images))
+        idx = []
+        while len(idx) < bs:
+            if self.state.cursor >= len(self.perm):
+                self.perm = torch.randperm(len(self.images), generator=self.generator)
+                self.state.cursor = 0
+            idx.append(int(self.perm[self.state.cursor]))
+            self.state.cursor += 1
+        return self.images[idx], self.labels[idx]
+
+    def lr_at(self, progress: float) -> float:
+        tc = self.config.train
+        warm = min(1.0, (self.state.step + 1) / max(1, tc.warmup_steps))
+        if tc.lr_schedule == "constant":
+            return tc.lr * warm
+        floor = tc.lr * tc.lr_min_ratio
+        return warm * (floor + (tc.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def train_step(self, progress: float) -> dict[str, float]:
+        cfg, dcfg = self.config, self.config.diffusion
+        x, y = self.next_batch()
+        x, y = augment_batch(x, y, cfg.train, self.generator)
+        x = x.contiguous(memory_format=self.memory_format)
+        b = x.shape[0]
+        t = torch.randint(0, dcfg.timesteps, (b,), generator=self.generator)
+        self.model.train()
+        z0 = self.model.label_encoder(y)
+        z_image = self.model.image_encoder(x)
+        noise_shape = (1, *z0.shape[1:]) if dcfg.shared_noise else z0.shape
+        eps = torch.randn(noise_shape, generator=self.generator).expand_as(z0)
+        z_t = self.schedule.add_noise(z0, eps, t)
+        eps_hat = self.model.denoiser(z_t, z_image, t)
+        z_dn = self.schedule.denoised(z_t, eps_hat, t, dcfg.denoised_rule, dcfg.x0_min_divisor)
+        logits = self.model.label_decoder(z_dn)
+        loss, parts = self.loss_fn(logits, y, eps, eps_hat)
+        if not torch.isfinite(loss):
+            raise LdsegError(
+                f"loss became {loss.item()} at step {self.state.step}; the last good checkpoint "
+                f"in {self.run_dir} is kept (try a lower --lr)"
+            )
+        lr = self.lr_at(progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.update_ema()
+        self.state.step += 1
+        return {"loss": loss.item(), "lr": lr, **parts}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # Warm-up of the decay: with a few hundred CPU steps a fixed 0.999 would still be
+        # mostly the random initialisation.
+        decay = min(self.config.train.ema_decay, (1 + self.state.step) / (10 + self.state.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            e.copy_(b)
+
+    # ---- validation --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def validate(self) -> list[float]:
+        """Mean over validation cases of the per-class Dice on the model grid, by sampling."""
+        cfg = self.config
+        self.ema.eval()
+        per_case = []
+        for _, case in self.val:
+            preds = []
+            gen = torch.Generator().manual_seed(cfg.train.seed)
+            for start in range(0, len(case.images), 16):
+                x = case.images[start:start + 16].contiguous(memory_format=self.memory_format)
+                probs = segment_batch(
+                    self.ema, self.schedule, x, steps=cfg.diffusion.sampling_steps,
+                    eta=cfg.diffusion.eta, samples=1, generator=gen,
+                ).mean_probs
+                preds.append(probs.argmax(1))
+            per_case.append(foreground_dice(torch.cat(preds), case.labels, cfg.model.num_classes))
+        return np.nanmean(np.array(per_case, dtype=float), axis=0).tolist() if per_case else []
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self, best: bool) -> None:
+        info = {"epoch": self.state.epoch, "step": self.state.step,
+                "best_dice": self.state.best_dice}
+        save_model(self.ema, self.config, self.run_dir / MODEL_LAST, info)
+        if best:
+            save_model(self.ema, self.config, self.run_dir / MODEL_BEST, info)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        for pid, pstate in opt["state"].items():
+            for name, value in pstate.items():
+                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["data.perm"] = self.perm
+        state = {**self.state.__dict__, "param_groups": opt["param_groups"]}
+        meta = {"state": json.dumps(state), "config": json.dumps(to_dict(self.config))}
+        atomic_save_tensors(tensors, self.run_dir / TRAIN_STATE, meta)
+
+    def restore(self) -> None:
+        path = self.run_dir / TRAIN_STATE
+        tensors, meta = load_tensors(path)
+        try:
+            state = json.loads(meta["state"])
+        except (KeyError, json.JSONDecodeError):
+            raise LdsegError(f"{path}: training state is missing or malformed") from None
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        self.model.load_state_dict(model_sd)
+        self.ema.load_state_dict(ema_sd)
+        opt_state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": opt_state,
+                                        "param_groups": state.pop("param_groups")})
+        self.generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.perm = tensors["data.perm"]
+        self.state = TrainState(**state)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def request_stop(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        self.stop_requested = True
+
+    def run(self, progress_bar: bool = True) -> TrainState:
+        tc = self.config.train
+        budget = tc.budget_minutes * 60.0
+        total_steps = tc.epochs * tc.iters_per_epoch
+        save_run_config(self.config, self.run_dir / "config.json")
+        old_handlers = {s: signal.signal(s, self.request_stop)
+                        for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=int(budget) if budget else total_steps, initial=0 if budget else
+                   self.state.step, unit="s" if budget else "step", disable=not progress_bar,
+                   desc="train", dynamic_ncols=True)
+        start = time.monotonic() - self.state.elapsed
+        running: dict[str, float] = {}
+        try:
+            while True:
+                done_by_time = budget and self.state.elapsed >= budget
+                done_by_steps = not budget and self.state.step >= total_steps
+                if done_by_time or done_by_steps or self.stop_requested:
+                    break
+                progress = self.state.elapsed / budget if budget else self.state.step / total_steps
+                parts = self.train_step(progress)
+                for k, v in parts.items():
+                    running[k] = running.get(k, 0.0) + v
+                running["n"] = running.get("n", 0) + 1
+                self.state.elapsed = time.monotonic() - start
+                if budget:
+                    bar.n = min(int(self.state.elapsed), int(budget))
+                    bar.refresh()
+                else:
+                    bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", dice=f"{self.last_val():.3f}")
+                end_of_epoch = self.state.step % tc.iters_per_epoch == 0
+                if end_of_epoch:
+                    self.end_epoch(running, validate=(self.state.epoch + 1) % tc.val_every == 0)
+                    running = {}
+            if running.get("n"):  # stopped mid-epoch (budget, signal): close it properly
+                self.end_epoch(running, validate=not self.stop_requested)
+            elif not self.state.history:
+                self.end_epoch({"n": 0}, validate=True)
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return self.state
+
+    def last_val(self) -> float:
+        for row in reversed(self.state.history):
+            if row.get("val_dice") is not None:
+                return row["val_dice"]
+        return float("nan")
+
+    def end_epoch(self, running: dict[str, float], validate: bool) -> None:
+        n = max(1, running.pop("n", 1))
+        row: dict = {"epoch": self.state.epoch, "step": self.state.step,
+                     "time_s": round(self.state.elapsed, 1)}
+        row.update({k: v / n for k, v in running.items()})
+        best = False
+        if validate and self.val:
+            per_class = self.validate()
+            mean = float(np.nanmean(per_class)) if per_class else float("nan")
+            row["val_dice"] = mean
+            for name, d in zip(self.config.class_names[1:], per_class, strict=False):
+                row[f"val_dice_{name}"] = d
+            if mean > self.state.best_dice:
+                self.state.best_dice, self.state.best_epoch, best = mean, self.state.epoch, True
+        elif not self.val:
+            best = True  # no validation cases: the latest model is the best we know
+        self.state.history.append(row)
+        self.state.epoch += 1
+        self.save(best)
+        write_log(self.run_dir, self.state.history)
+
+
+def write_log(run_dir: Path, history: list[dict]) -> None:
+    """The CSV log and a PNG of the curves, rewritten each epoch (both small)."""
+    from ldseg.pictures import plot_training_curves
+
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    tmp = run_dir / f".{LOG_CSV}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(run_dir / LOG_CSV)
+    plot_training_curves(history, run_dir / "curves.png")
+
+
+def train(dataset_dir: Path, run_dir: Path, config: RunConfig | None = None, *,
+          resume: bool = False, progress_bar: bool = True, **plan_options) -> TrainState:
+    """Check the dataset, plan (or reload) the run, train, and leave best/last checkpoints."""
+    from ldseg.config import load_run_config
+    from ldseg.data.dataset import load_dataset_spec
+    from ldseg.training.plan import plan_run
+
+    run_dir = Path(run_dir)
+    spec = load_dataset_spec(dataset_dir)
+    problems = check_dataset(spec)
+    if problems:
+        more = ""
+        if len(problems) > 1:
+            more = f" (and {len(problems) - 1} more problem(s); run 'ldseg check')"
+        raise LdsegError(problems[0] + more)
+    cases = list_cases(spec)
+    if resume:
+        if not (run_dir / TRAIN_STATE).is_file():
+            raise LdsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE})")
+        saved = load_run_config(run_dir / "config.json")
+        if config is not None:  # a resumed run may only change how long it trains
+            saved.train.epochs, saved.train.budget_minutes = (config.train.epochs,
+                                                              config.train.budget_minutes)
+        config = saved
+    elif config is None:
+        infos = [image_info(c.image_files[0]) for c in cases]
+        config = plan_run(spec, [i[0] for i in infos], [i[1] for i in infos], **plan_options)
+    tc = config.train
+    train_cases, val_cases = split_cases(cases, tc.val_fraction, tc.val_cases, tc.seed)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, spec, run_dir, train_cases, val_cases)
+    if resume:
+        trainer.restore()
+    return trainer.run(progress_bar=progress_bar)
