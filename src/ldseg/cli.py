@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-names", type=_names)
     p.add_argument("--instances-to-foreground", action="store_true",
                    help="every label > 0 becomes class 1 (instance maps)")
+    p.add_argument("--test-cases", type=_names, default=(),
+                   help="comma-separated cases held out into imagesTs/labelsTs")
     p.add_argument("--name")
     p.add_argument("--overwrite", action="store_true")
 
@@ -200,9 +202,10 @@ def _cmd_import(args) -> None:
         class_names=list(args.class_names) if args.class_names else None,
         instances_to_foreground=args.instances_to_foreground,
         channel_names=list(args.channel_names) if args.channel_names else None,
-        name=args.name, overwrite=args.overwrite,
+        name=args.name, overwrite=args.overwrite, test_cases=list(args.test_cases),
     )
-    print(f"imported {spec.num_training} case(s) into {args.output}: "
+    held = f" (+{len(args.test_cases)} held out in imagesTs)" if args.test_cases else ""
+    print(f"imported {spec.num_training} case(s){held} into {args.output}: "
           f"{spec.num_channels} channel(s) {list(spec.channel_names)}, "
           f"classes {list(spec.class_names)}, files '{spec.file_ending}'")
 

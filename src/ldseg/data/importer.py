@@ -54,17 +54,25 @@ def import_paired_folders(
     channel_names: list[str] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    test_cases: list[str] | None = None,
 ) -> DatasetSpec:
     """Import `images_dir/{case}{ext}` + `labels_dir/{case}{label_suffix}{ext}` into `out_dir`.
 
     2D images become PNG (RGB stays one 3-channel file, 16-bit grey stays 16-bit); 3D images
     keep their format (.nii becomes .nii.gz) and geometry; labels are written as unsigned
     integers on the image's grid. `instances_to_foreground` maps every label > 0 to 1 (instance
-    maps such as GlaS become foreground vs background). Returns the new dataset's spec.
+    maps such as GlaS become foreground vs background). `test_cases` go to imagesTs/labelsTs
+    (held out: never trained or validated on). Returns the new dataset's spec.
     """
     images_dir, labels_dir, out_dir = Path(images_dir), Path(labels_dir), Path(out_dir)
     _check_out_dir(out_dir, overwrite, (images_dir, labels_dir))
     pairs, in_ending = _pair_files(images_dir, labels_dir, label_suffix)
+    held_out = set(test_cases or ())
+    unknown = sorted(held_out - {p.case for p in pairs})
+    if unknown:
+        raise LdsegError(f"{images_dir}: test cases not found: {', '.join(unknown)}")
+    if held_out and len(held_out) == len(pairs):
+        raise LdsegError(f"{images_dir}: every case is a test case; none is left for training")
     dims = spatial_dims_of_ending(in_ending)
     out_ending = ".png" if dims == 2 else (".nii.gz" if in_ending == ".nii" else in_ending)
 
@@ -72,14 +80,15 @@ def import_paired_folders(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".importing",
                                 dir=out_dir.parent))
     try:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
+        for folder in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if held_out else ()):
+            (tmp / folder).mkdir()
         num_channels: int | None = None
         first_image: Path | None = None
         values: set[int] = set()
         for pair in pairs:
+            split = "Ts" if pair.case in held_out else "Tr"
             channels = _import_case(pair, tmp, in_ending, out_ending, instances_to_foreground,
-                                    values)
+                                    values, split)
             if num_channels is None:
                 num_channels, first_image = channels, pair.image
             elif channels != num_channels:
@@ -88,7 +97,7 @@ def import_paired_folders(
         assert num_channels is not None
         classes = _resolve_class_names(class_names, values, labels_dir, instances_to_foreground)
         channels_named = _resolve_channel_names(channel_names, num_channels, dims, images_dir)
-        write_dataset_json(tmp, channels_named, classes, len(pairs), out_ending,
+        write_dataset_json(tmp, channels_named, classes, len(pairs) - len(held_out), out_ending,
                            name or out_dir.resolve().name)
         _make_shareable(tmp)
         _move_into_place(tmp, out_dir)
@@ -199,7 +208,7 @@ def _listing(items: list[Path] | list[str]) -> str:
 
 def _import_case(
     pair: _Pair, out: Path, in_ending: str, out_ending: str, instances_to_foreground: bool,
-    values: set[int],
+    values: set[int], split: str = "Tr",
 ) -> int:
     """Write one case's image and label; add its label values to `values`; return channels."""
     image, geometry = read_image(pair.image)
@@ -207,8 +216,8 @@ def _import_case(
     if label.shape != image.shape[1:]:
         raise LdsegError(f"{pair.label}: label shape {label.shape} differs from the image "
                          f"shape {image.shape[1:]} of {pair.image.name}")
-    image_path = out / "imagesTr" / f"{pair.case}_0000{out_ending}"
-    label_path = out / "labelsTr" / f"{pair.case}{out_ending}"
+    image_path = out / f"images{split}" / f"{pair.case}_0000{out_ending}"
+    label_path = out / f"labels{split}" / f"{pair.case}{out_ending}"
     if label.ndim == 2:
         _write_png(image_path, _png_ready(pair.image, image))
         write_image(label_path, _label_dtype(label))
@@ -221,7 +230,7 @@ def _import_case(
             shutil.copyfile(pair.image, image_path)  # bit-identical, header included
         else:  # .nii -> .nii.gz, or a vector image split into one file per channel
             for channel in range(image.shape[0]):
-                path = out / "imagesTr" / f"{pair.case}_{channel:04d}{out_ending}"
+                path = out / f"images{split}" / f"{pair.case}_{channel:04d}{out_ending}"
                 write_image(path, image[channel], geometry)
         write_image(label_path, _label_dtype(label), geometry)
     values.update(int(v) for v in np.unique(label))

@@ -90,7 +90,7 @@ def foreground_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> 
 
 class Trainer:
     def __init__(self, config: RunConfig, spec: DatasetSpec, run_dir: Path,
-                 train_cases: list[Case], val_cases: list[Case]) -> None:
+                 train_cases: list[Case], val_cases: list[Case], progress_bar: bool = True) -> None:
         self.config, self.spec, self.run_dir = config, spec, Path(run_dir)
         tc = config.train
         torch.manual_seed(tc.seed)
@@ -109,7 +109,8 @@ class Trainer:
         self.loss_fn = LDSegLoss(tc.gamma_dice, tc.lambda_noise)
         self.state = TrainState()
         self.stop_requested = False
-        prepared = [prepare(c, config) for c in tqdm(train_cases, desc="loading", leave=False)]
+        loading = tqdm(train_cases, desc="loading", leave=False, disable=not progress_bar)
+        prepared = [prepare(c, config) for c in loading]
         self.images = torch.cat([p.images for p in prepared])
         self.labels = torch.cat([p.labels for p in prepared])
         self.val = [(c.name, prepare(c, config)) for c in val_cases[: tc.val_max_cases]]
@@ -364,7 +365,7 @@ def train(dataset_dir: Path, run_dir: Path, config: RunConfig | None = None, *,
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, spec, run_dir, train_cases, val_cases)
+    trainer = Trainer(config, spec, run_dir, train_cases, val_cases, progress_bar)
     if resume:
         trainer.restore()
     return trainer.run(progress_bar=progress_bar)

@@ -1,0 +1,105 @@
+"""Training learns, checkpoints are complete, and a resumed run continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ldseg.config import ModelConfig, TrainConfig
+from ldseg.data.dataset import write_dataset_json
+from ldseg.data.imageio import write_image
+from ldseg.errors import LdsegError
+from ldseg.training.checkpoint import load_model_file
+from ldseg.training.trainer import TRAIN_STATE, train
+
+SMALL = ModelConfig(label_encoder_widths=(16, 16, 16), image_encoder_stem=16,
+                    image_encoder_widths=(16, 16), denoiser_widths=(16, 32),
+                    denoiser_attention=(False, True), label_decoder_widths=(16, 16),
+                    denoiser_res_blocks=1, dropout=0.0)
+
+
+def easy_dataset(root, n=12, size=48, seed=0):
+    """A disc (class 1) and a square (class 2) on noise: learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        label = np.zeros((size, size), np.uint8)
+        cy, cx, r = rng.integers(12, size - 12), rng.integers(12, size - 12), rng.integers(7, 11)
+        label[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
+        sy, sx = rng.integers(0, size - 12, 2)
+        label[sy:sy + 10, sx:sx + 10] = 2
+        image = 100 + 60 * (label == 1) - 60 * (label == 2) + rng.normal(0, 15, label.shape)
+        write_image(root / "imagesTr" / f"c{i:02d}_0000.png", np.clip(image, 0, 255).astype("u1"))
+        write_image(root / "labelsTr" / f"c{i:02d}.png", label)
+    write_dataset_json(root, ["grey"], ["background", "disc", "square"], n, ".png", "easy")
+    return root
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    return easy_dataset(tmp_path_factory.mktemp("easy") / "ds")
+
+
+def test_validation_dice_clearly_rises(easy, tmp_path):
+    tc = TrainConfig(batch_size=4, epochs=8, iters_per_epoch=10, val_fraction=0.25, lr=2e-3,
+                     warmup_steps=5, seed=0)
+    state = train(easy, tmp_path / "run", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    dice = [row["val_dice"] for row in state.history]
+    assert len(dice) == 8
+    assert dice[-1] > 0.6, dice
+    assert dice[-1] > dice[0] + 0.2, dice
+    assert state.best_dice == pytest.approx(max(dice))
+    run = tmp_path / "run"
+    for name in ("config.json", "model_best.safetensors", "model_last.safetensors", TRAIN_STATE,
+                 "log.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    config, tensors, info = load_model_file(run / "model_best.safetensors")
+    assert config.model.num_classes == 3 and config.preprocess.grid == (48, 48)
+    assert config.class_names == ("background", "disc", "square")
+    assert json.loads((run / "config.json").read_text())["train"]["seed"] == 0
+    assert (run / "log.csv").read_text().count("\n") == 9  # header + one row per epoch
+
+
+def test_same_seed_same_numbers(easy, tmp_path):
+    tc = TrainConfig(batch_size=2, epochs=1, iters_per_epoch=4, val_fraction=0.25, seed=3)
+    a = train(easy, tmp_path / "a", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    b = train(easy, tmp_path / "b", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    assert a.history[0]["loss"] == b.history[0]["loss"]
+    assert a.history[0]["val_dice"] == b.history[0]["val_dice"]
+
+
+def test_resume_continues_with_identical_losses(easy, tmp_path):
+    def cfg(epochs):
+        # Constant LR: a 1-epoch run is then exactly the first epoch of a 3-epoch run.
+        return TrainConfig(batch_size=2, epochs=epochs, iters_per_epoch=3, val_fraction=0.25,
+                           seed=1, lr_schedule="constant")
+    full = train(easy, tmp_path / "full", progress_bar=False, grid=(48, 48), model=SMALL,
+                 train=cfg(3))
+    train(easy, tmp_path / "part", progress_bar=False, grid=(48, 48), model=SMALL, train=cfg(1))
+    from ldseg.config import RunConfig
+    resumed = train(easy, tmp_path / "part", RunConfig(train=cfg(3)), resume=True,
+                    progress_bar=False)
+    assert resumed.step == full.step == 9
+    for r, f in zip(resumed.history, full.history, strict=True):
+        assert r["loss"] == pytest.approx(f["loss"], rel=1e-5, abs=1e-6)
+    wa = load_model_file(tmp_path / "full" / "model_last.safetensors")[1]
+    wb = load_model_file(tmp_path / "part" / "model_last.safetensors")[1]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_resume_without_a_run_is_an_error(easy, tmp_path):
+    with pytest.raises(LdsegError, match="nothing to resume"):
+        train(easy, tmp_path / "none", resume=True, progress_bar=False)
+
+
+def test_budget_stops_training_by_wall_clock(easy, tmp_path):
+    tc = TrainConfig(batch_size=2, budget_minutes=0.05, iters_per_epoch=1000, val_fraction=0.25)
+    state = train(easy, tmp_path / "b", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    assert 3.0 <= state.elapsed < 30 and state.step < 1000
+    assert state.history[-1].get("val_dice") is not None  # a final validation and checkpoint
+    assert (tmp_path / "b" / "model_best.safetensors").is_file()
