@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from ldseg.data.dataset import write_dataset_json
+from ldseg.data.imageio import write_image
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +22,27 @@ def shared_data() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+def easy_dataset(root: Path, n: int = 12, size: int = 48, seed: int = 0, n_test: int = 0) -> Path:
+    """A disc (class 1) and a square (class 2) on noise: learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n + n_test):
+        split = "Tr" if i < n else "Ts"
+        label = np.zeros((size, size), np.uint8)
+        cy, cx, r = rng.integers(12, size - 12), rng.integers(12, size - 12), rng.integers(7, 11)
+        label[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
+        sy, sx = rng.integers(0, size - 12, 2)
+        label[sy:sy + 10, sx:sx + 10] = 2
+        image = 100 + 60 * (label == 1) - 60 * (label == 2) + rng.normal(0, 15, label.shape)
+        write_image(root / f"images{split}" / f"c{i:02d}_0000.png",
+                    np.clip(image, 0, 255).astype("u1"))
+        write_image(root / f"labels{split}" / f"c{i:02d}.png", label)
+    write_dataset_json(root, ["grey"], ["background", "disc", "square"], n, ".png", "easy")
+    return root
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory) -> Path:
+    return easy_dataset(tmp_path_factory.mktemp("easy") / "ds", n_test=3)

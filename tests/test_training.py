@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from ldseg.config import ModelConfig, TrainConfig
-from ldseg.data.dataset import write_dataset_json
-from ldseg.data.imageio import write_image
 from ldseg.errors import LdsegError
 from ldseg.training.checkpoint import load_model_file
 from ldseg.training.trainer import TRAIN_STATE, train
@@ -19,30 +16,6 @@ SMALL = ModelConfig(label_encoder_widths=(16, 16, 16), image_encoder_stem=16,
                     image_encoder_widths=(16, 16), denoiser_widths=(16, 32),
                     denoiser_attention=(False, True), label_decoder_widths=(16, 16),
                     denoiser_res_blocks=1, dropout=0.0)
-
-
-def easy_dataset(root, n=12, size=48, seed=0):
-    """A disc (class 1) and a square (class 2) on noise: learnable in a few dozen steps."""
-    rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        label = np.zeros((size, size), np.uint8)
-        cy, cx, r = rng.integers(12, size - 12), rng.integers(12, size - 12), rng.integers(7, 11)
-        label[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
-        sy, sx = rng.integers(0, size - 12, 2)
-        label[sy:sy + 10, sx:sx + 10] = 2
-        image = 100 + 60 * (label == 1) - 60 * (label == 2) + rng.normal(0, 15, label.shape)
-        write_image(root / "imagesTr" / f"c{i:02d}_0000.png", np.clip(image, 0, 255).astype("u1"))
-        write_image(root / "labelsTr" / f"c{i:02d}.png", label)
-    write_dataset_json(root, ["grey"], ["background", "disc", "square"], n, ".png", "easy")
-    return root
-
-
-@pytest.fixture(scope="module")
-def easy(tmp_path_factory):
-    return easy_dataset(tmp_path_factory.mktemp("easy") / "ds")
 
 
 def test_validation_dice_clearly_rises(easy, tmp_path):
