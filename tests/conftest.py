@@ -7,9 +7,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
+from PIL import Image
 
 from ldseg.data.dataset import write_dataset_json
 from ldseg.data.imageio import write_image
+
+# A non-trivial geometry: anisotropic spacing, an origin off zero, a rotated direction.
+SPACING_XYZ = (0.7, 0.8, 2.5)
+ORIGIN = (10.0, -5.0, 3.0)
+_C, _S = float(np.cos(np.pi / 6)), float(np.sin(np.pi / 6))
+DIRECTION = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    """Write with Pillow directly (not ldseg's writer), so readers are tested independently."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3:
+        Image.fromarray(np.moveaxis(array, 0, -1), mode="RGB").save(path)
+    else:
+        Image.fromarray(array).save(path)
+
+
+def save_sitk(path: Path, array: np.ndarray, spacing=SPACING_XYZ, origin=ORIGIN,
+              direction=DIRECTION) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import DIRECTION, ORIGIN, SPACING_XYZ, save_png, save_sitk
 from PIL import Image
 
 from ldseg.data.dataset import (
@@ -25,11 +26,7 @@ from ldseg.errors import LdsegError
 
 SHAPE_2D = (12, 16)
 SHAPE_3D = (4, 6, 5)  # numpy order z, y, x
-SPACING_XYZ = (0.7, 0.8, 2.5)
-ORIGIN = (10.0, -5.0, 3.0)
 # A rotation about z by 30 degrees: non-trivial direction cosines.
-_C, _S = float(np.cos(np.pi / 6)), float(np.sin(np.pi / 6))
-DIRECTION = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
 CLASSES = ["background", "femur", "tibia"]
 
 
@@ -43,22 +40,6 @@ def _label_2d(seed: int) -> np.ndarray:
     return label
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if array.ndim == 3:
-        Image.fromarray(np.moveaxis(array, 0, -1), mode="RGB").save(path)
-    else:
-        Image.fromarray(array).save(path)
-
-
-def _save_nifti(path: Path, array: np.ndarray, spacing=SPACING_XYZ, origin=ORIGIN,
-                direction=DIRECTION) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def make_2d(root: Path, cases: int = 2, rgb: bool = False) -> DatasetSpec:
@@ -68,8 +49,8 @@ def make_2d(root: Path, cases: int = 2, rgb: bool = False) -> DatasetSpec:
     write_dataset_json(root, channels, CLASSES, cases, ".png", "tiny2d")
     for i in range(cases):
         shape = (3, *SHAPE_2D) if rgb else SHAPE_2D
-        _save_png(root / "imagesTr" / f"case{i}_0000.png", rng.integers(0, 255, shape, np.uint8))
-        _save_png(root / "labelsTr" / f"case{i}.png", _label_2d(i))
+        save_png(root / "imagesTr" / f"case{i}_0000.png", rng.integers(0, 255, shape, np.uint8))
+        save_png(root / "labelsTr" / f"case{i}.png", _label_2d(i))
     return load_dataset_spec(root)
 
 
@@ -80,12 +61,12 @@ def make_3d(root: Path, cases: int = 2, channels: int = 2) -> DatasetSpec:
                        "tiny3d")
     for i in range(cases):
         for c in range(channels):
-            _save_nifti(root / "imagesTr" / f"vol{i}_{c:04d}.nii.gz",
+            save_sitk(root / "imagesTr" / f"vol{i}_{c:04d}.nii.gz",
                         rng.normal(size=SHAPE_3D).astype(np.float32))
         label = np.zeros(SHAPE_3D, np.uint8)
         label[1:3, 1:4, 1:3] = 1
         label[3, 4:, 3:] = 2
-        _save_nifti(root / "labelsTr" / f"vol{i}.nii.gz", label)
+        save_sitk(root / "labelsTr" / f"vol{i}.nii.gz", label)
     return load_dataset_spec(root)
 
 
@@ -222,7 +203,7 @@ def test_load_case_checks_against_spec(tmp_path: Path) -> None:
     grey = DatasetSpec(spec.root, "g", ["MRI"], CLASSES, 2, ".png")
     with pytest.raises(LdsegError, match="3 channels"):
         load_case(list_cases(spec)[0], grey)
-    _save_png(tmp_path / "labelsTr" / "case0.png", np.full(SHAPE_2D, 5, np.uint8))
+    save_png(tmp_path / "labelsTr" / "case0.png", np.full(SHAPE_2D, 5, np.uint8))
     with pytest.raises(LdsegError, match="label values 5"):
         load_case(list_cases(spec)[0], spec)
     image, label, _ = load_case(list_cases(spec)[0])  # without a spec values are not checked
@@ -232,7 +213,7 @@ def test_load_case_checks_against_spec(tmp_path: Path) -> None:
 def test_test_split(tmp_path: Path) -> None:
     spec = make_2d(tmp_path)
     assert list_cases(spec, "Ts") == [] and check_dataset(spec, "Ts") == []
-    _save_png(tmp_path / "imagesTs" / "new_0000.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "imagesTs" / "new_0000.png", np.zeros(SHAPE_2D, np.uint8))
     assert list_cases(spec, "Ts") == [Case("new", [tmp_path / "imagesTs" / "new_0000.png"], None)]
     assert check_dataset(spec, "Ts") == []
     with pytest.raises(LdsegError, match="split"):
@@ -242,7 +223,7 @@ def test_test_split(tmp_path: Path) -> None:
 def test_find_image_cases(tmp_path: Path) -> None:
     grouped = tmp_path / "grouped"
     for name in ("b_0000", "b_0001", "a_0000", "a_0001"):
-        _save_png(grouped / f"{name}.png", np.zeros(SHAPE_2D, np.uint8))
+        save_png(grouped / f"{name}.png", np.zeros(SHAPE_2D, np.uint8))
     (grouped / ".b_0000.png.tmp.png").write_bytes(b"")  # hidden temp files are ignored
     (grouped / "notes.txt").write_text("other endings are ignored")
     cases = find_image_cases(grouped, ".png")
@@ -252,17 +233,17 @@ def test_find_image_cases(tmp_path: Path) -> None:
 
     plain = tmp_path / "plain"
     for name in ("scan2", "scan1"):
-        _save_png(plain / f"{name}.png", np.zeros(SHAPE_2D, np.uint8))
+        save_png(plain / f"{name}.png", np.zeros(SHAPE_2D, np.uint8))
     assert [(c.name, len(c.image_files)) for c in find_image_cases(plain, ".png")] == [
         ("scan1", 1), ("scan2", 1)]
 
     numbered = tmp_path / "numbered"  # slice numbers, not channel indices
     for i in (1, 2, 3):
-        _save_png(numbered / f"slice_{i:04d}.png", np.zeros(SHAPE_2D, np.uint8))
+        save_png(numbered / f"slice_{i:04d}.png", np.zeros(SHAPE_2D, np.uint8))
     assert [c.name for c in find_image_cases(numbered, ".png")] == [
         "slice_0001", "slice_0002", "slice_0003"]
     for i in (0, 1):
-        _save_png(numbered / f"from0_{i:04d}.png", np.zeros(SHAPE_2D, np.uint8))
+        save_png(numbered / f"from0_{i:04d}.png", np.zeros(SHAPE_2D, np.uint8))
     assert len(find_image_cases(numbered, ".png", num_channels=1)) == 5
 
 
@@ -271,10 +252,10 @@ def test_find_image_cases_errors(tmp_path: Path) -> None:
         find_image_cases(tmp_path / "missing", ".png")
     with pytest.raises(LdsegError, match="empty"):
         find_image_cases(tmp_path, ".png")
-    _save_png(tmp_path / "a.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "a.png", np.zeros(SHAPE_2D, np.uint8))
     with pytest.raises(LdsegError, match=r"no '\.nii\.gz' images found \(found \.png\)"):
         find_image_cases(tmp_path, ".nii.gz")
-    _save_png(tmp_path / "a_0000.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "a_0000.png", np.zeros(SHAPE_2D, np.uint8))
     with pytest.raises(LdsegError, match="both name case 'a'"):
         find_image_cases(tmp_path, ".png")
 
@@ -304,7 +285,7 @@ def test_check_missing_channel_files(tmp_path: Path) -> None:
 def test_check_channel_gap(tmp_path: Path) -> None:
     make_2d(tmp_path, cases=1)
     _set_json(tmp_path, channel_names={"0": "T1", "1": "T2", "2": "FLAIR"})
-    _save_png(tmp_path / "imagesTr" / "case0_0002.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "imagesTr" / "case0_0002.png", np.zeros(SHAPE_2D, np.uint8))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert len(problems) == 1 and _has(problems, "case0_0001.png", "missing channel file")
 
@@ -316,7 +297,7 @@ def test_check_channel_count_mismatch(tmp_path: Path) -> None:
     assert _has(problems, "case0_0000.png", "3 channel(s) in all", "declares 1")
     assert _has(problems, "case1_0000.png", "3 channel(s) in all", "declares 1")
     make_2d(tmp_path / "extra", cases=1)
-    _save_png(tmp_path / "extra" / "imagesTr" / "case0_0001.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "extra" / "imagesTr" / "case0_0001.png", np.zeros(SHAPE_2D, np.uint8))
     problems = check_dataset(load_dataset_spec(tmp_path / "extra"))
     assert problems and _has(problems, "2 channel file(s) with 2 channel(s)", "declares 1")
 
@@ -324,7 +305,7 @@ def test_check_channel_count_mismatch(tmp_path: Path) -> None:
 def test_check_missing_label_and_orphan_label(tmp_path: Path) -> None:
     make_2d(tmp_path)
     (tmp_path / "labelsTr" / "case1.png").unlink()
-    _save_png(tmp_path / "labelsTr" / "ghost.png", _label_2d(0))
+    save_png(tmp_path / "labelsTr" / "ghost.png", _label_2d(0))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert _has(problems, "labelsTr/case1.png", "missing label")
     assert _has(problems, "labelsTr/ghost.png", "label without image")
@@ -344,11 +325,11 @@ def test_check_corrupt_files(tmp_path: Path) -> None:
 
 def test_check_label_shape_values_and_channels(tmp_path: Path) -> None:
     make_2d(tmp_path, cases=3)
-    _save_png(tmp_path / "labelsTr" / "case0.png", np.zeros((10, 16), np.uint8))
+    save_png(tmp_path / "labelsTr" / "case0.png", np.zeros((10, 16), np.uint8))
     bad_values = _label_2d(1)
     bad_values[0, 0], bad_values[0, 1] = 7, 9
-    _save_png(tmp_path / "labelsTr" / "case1.png", bad_values)
-    _save_png(tmp_path / "labelsTr" / "case2.png", np.stack([_label_2d(2), _label_2d(1),
+    save_png(tmp_path / "labelsTr" / "case1.png", bad_values)
+    save_png(tmp_path / "labelsTr" / "case2.png", np.stack([_label_2d(2), _label_2d(1),
                                                               _label_2d(0)]))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert _has(problems, "case0.png", "label shape (10, 16) differs", "(12, 16)")
@@ -358,9 +339,9 @@ def test_check_label_shape_values_and_channels(tmp_path: Path) -> None:
 
 def test_check_wrong_dimensionality_and_names(tmp_path: Path) -> None:
     make_2d(tmp_path)
-    _save_nifti(tmp_path / "imagesTr" / "case0_0001.nii.gz", np.zeros(SHAPE_3D, np.uint8))
-    _save_png(tmp_path / "imagesTr" / "nochannel.png", np.zeros(SHAPE_2D, np.uint8))
-    _save_png(tmp_path / "imagesTr" / "other_0000.bmp", np.zeros(SHAPE_2D, np.uint8))
+    save_sitk(tmp_path / "imagesTr" / "case0_0001.nii.gz", np.zeros(SHAPE_3D, np.uint8))
+    save_png(tmp_path / "imagesTr" / "nochannel.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "imagesTr" / "other_0000.bmp", np.zeros(SHAPE_2D, np.uint8))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert _has(problems, "case0_0001.nii.gz", "3D file in a 2D dataset")
     assert _has(problems, "nochannel.png", "does not follow {case}_0000.png")
@@ -374,7 +355,7 @@ def test_check_multiframe_tiff(tmp_path: Path) -> None:
     frames = [Image.fromarray(np.full(SHAPE_2D, i, np.uint8)) for i in range(3)]
     frames[0].save(tmp_path / "imagesTr" / "c_0000.tif", save_all=True,
                    append_images=frames[1:])
-    _save_png(tmp_path / "labelsTr" / "c.tif", _label_2d(0))
+    save_png(tmp_path / "labelsTr" / "c.tif", _label_2d(0))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert problems == [f"{tmp_path / 'imagesTr' / 'c_0000.tif'}: 3D file (3 TIFF frames) "
                         "in a 2D dataset"]
@@ -399,13 +380,13 @@ def test_check_empty_dataset(tmp_path: Path) -> None:
 def test_check_3d_channel_shapes_and_geometry(tmp_path: Path) -> None:
     make_3d(tmp_path, cases=4)
     images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
-    _save_nifti(images / "vol0_0001.nii.gz", np.zeros((4, 6, 4), np.float32))
+    save_sitk(images / "vol0_0001.nii.gz", np.zeros((4, 6, 4), np.float32))
     label = np.zeros(SHAPE_3D, np.uint8)
-    _save_nifti(labels / "vol1.nii.gz", label, spacing=(0.7, 0.8, 3.0))
-    _save_nifti(labels / "vol2.nii.gz", label, origin=(10.0, -5.0, 4.0),
+    save_sitk(labels / "vol1.nii.gz", label, spacing=(0.7, 0.8, 3.0))
+    save_sitk(labels / "vol2.nii.gz", label, origin=(10.0, -5.0, 4.0),
                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
     # Float noise far below 1e-4 relative is not a problem.
-    _save_nifti(labels / "vol3.nii.gz", label, spacing=(0.7 * (1 + 1e-7), 0.8, 2.5),
+    save_sitk(labels / "vol3.nii.gz", label, spacing=(0.7 * (1 + 1e-7), 0.8, 2.5),
                 origin=(10.0 + 1e-7, -5.0, 3.0))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert _has(problems, "vol0_0001.nii.gz", "shape (4, 6, 4) differs", "vol0_0000.nii.gz")
@@ -422,7 +403,7 @@ def test_check_3d_2d_nifti_and_truncated(tmp_path: Path) -> None:
     sitk.WriteImage(flat, str(tmp_path / "imagesTr" / "vol0_0000.nii.gz"))
     data = (tmp_path / "labelsTr" / "vol1.nii.gz").read_bytes()
     (tmp_path / "labelsTr" / "vol1.nii.gz").write_bytes(data[: len(data) // 2])
-    _save_png(tmp_path / "labelsTr" / "vol0.png", np.zeros(SHAPE_2D, np.uint8))
+    save_png(tmp_path / "labelsTr" / "vol0.png", np.zeros(SHAPE_2D, np.uint8))
     problems = check_dataset(load_dataset_spec(tmp_path))
     assert _has(problems, "vol0_0000.nii.gz", "expected a 3D image")
     assert _has(problems, "vol1.nii.gz", "cannot read")
@@ -436,12 +417,12 @@ def test_check_reports_all_problems_at_once(tmp_path: Path) -> None:
     _set_json(tmp_path, numTraining=7)
     (images / "vol0_0001.nii.gz").unlink()                                   # missing channel
     (labels / "vol1.nii.gz").unlink()                                        # missing label
-    _save_nifti(labels / "orphan.nii.gz", np.zeros(SHAPE_3D, np.uint8))      # label, no image
+    save_sitk(labels / "orphan.nii.gz", np.zeros(SHAPE_3D, np.uint8))      # label, no image
     (images / "vol2_0000.nii.gz").write_bytes(b"not a nifti")                # corrupt
     bad = np.zeros(SHAPE_3D, np.uint8)
     bad[0, 0, 0] = 4
-    _save_nifti(labels / "vol3.nii.gz", bad, spacing=(1.0, 1.0, 1.0))        # values + geometry
-    _save_nifti(labels / "vol4.nii.gz", np.zeros((3, 6, 5), np.uint8))      # shape
+    save_sitk(labels / "vol3.nii.gz", bad, spacing=(1.0, 1.0, 1.0))        # values + geometry
+    save_sitk(labels / "vol4.nii.gz", np.zeros((3, 6, 5), np.uint8))      # shape
     problems = check_dataset(load_dataset_spec(tmp_path))
     expected = [
         ("dataset.json", "numTraining is 7"),

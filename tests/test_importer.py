@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from conftest import ORIGIN, save_png, save_sitk
 from PIL import Image
 
 from ldseg.data.dataset import DatasetSpec, check_dataset, list_cases, load_case
@@ -15,29 +15,9 @@ from ldseg.data.imageio import read_image
 from ldseg.data.importer import import_paired_folders
 from ldseg.errors import LdsegError
 
-SPACING_XYZ = (0.7, 0.8, 2.5)
-ORIGIN = (10.0, -5.0, 3.0)
-_C, _S = float(np.cos(np.pi / 6)), float(np.sin(np.pi / 6))
-DIRECTION = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
 KNEE_CLASSES = ["background", "femur", "tibia"]
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if array.ndim == 3:
-        Image.fromarray(np.moveaxis(array, 0, -1), mode="RGB").save(path)
-    else:
-        Image.fromarray(array).save(path)
-
-
-def _save_sitk(path: Path, array: np.ndarray, spacing=SPACING_XYZ, origin=ORIGIN,
-               direction=DIRECTION) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    sitk.WriteImage(image, str(path))
 
 
 def _leftovers(parent: Path) -> list[str]:
@@ -164,9 +144,9 @@ def test_nii_becomes_nii_gz_with_exact_geometry(tmp_path: Path) -> None:
     label = np.zeros((4, 6, 5), np.int16)
     label[1:3, 2:5, 1:4] = 2
     label[0, 0, 0] = 1
-    _save_sitk(tmp_path / "img" / "p1.nii", volume)
+    save_sitk(tmp_path / "img" / "p1.nii", volume)
     # Float noise in the label's header: the label is written on the image's exact grid.
-    _save_sitk(tmp_path / "seg" / "p1_seg.nii", label,
+    save_sitk(tmp_path / "seg" / "p1_seg.nii", label,
                origin=(ORIGIN[0] + 1e-7, ORIGIN[1], ORIGIN[2]))
     spec = import_paired_folders(tmp_path / "img", tmp_path / "seg", tmp_path / "out",
                                  label_suffix="_seg", class_names=KNEE_CLASSES)
@@ -184,8 +164,8 @@ def test_nii_becomes_nii_gz_with_exact_geometry(tmp_path: Path) -> None:
 
 
 def test_nrrd_stays_nrrd(tmp_path: Path) -> None:
-    _save_sitk(tmp_path / "img" / "x.nrrd", np.ones((3, 4, 5), np.uint8))
-    _save_sitk(tmp_path / "lab" / "x_label.nrrd", np.eye(4, 5, dtype=np.uint8)[None].repeat(3, 0))
+    save_sitk(tmp_path / "img" / "x.nrrd", np.ones((3, 4, 5), np.uint8))
+    save_sitk(tmp_path / "lab" / "x_label.nrrd", np.eye(4, 5, dtype=np.uint8)[None].repeat(3, 0))
     spec = import_paired_folders(tmp_path / "img", tmp_path / "lab", tmp_path / "out")
     assert spec.file_ending == ".nrrd"
     assert (spec.root / "imagesTr" / "x_0000.nrrd").is_file()
@@ -195,8 +175,8 @@ def test_nrrd_stays_nrrd(tmp_path: Path) -> None:
 def test_instances_to_foreground_and_default_names(tmp_path: Path) -> None:
     label = np.zeros((8, 8), np.uint8)
     label[1:3, 1:3], label[5:7, 5:7] = 3, 17
-    _save_png(tmp_path / "img" / "g.png", np.zeros((3, 8, 8), np.uint8))
-    _save_png(tmp_path / "lab" / "g_label.png", label)
+    save_png(tmp_path / "img" / "g.png", np.zeros((3, 8, 8), np.uint8))
+    save_png(tmp_path / "lab" / "g_label.png", label)
     with pytest.raises(LdsegError, match="not consecutive from 0") as info:
         import_paired_folders(tmp_path / "img", tmp_path / "lab", tmp_path / "out")
     assert "instances" in str(info.value)
@@ -210,10 +190,10 @@ def test_instances_to_foreground_and_default_names(tmp_path: Path) -> None:
 
 def _pair_2d(root: Path, names: list[str], label_value: int = 1) -> None:
     for name in names:
-        _save_png(root / "img" / f"{name}.png", np.zeros((6, 7), np.uint8))
+        save_png(root / "img" / f"{name}.png", np.zeros((6, 7), np.uint8))
         label = np.zeros((6, 7), np.uint8)
         label[2:4, 1:5] = label_value
-        _save_png(root / "lab" / f"{name}_label.png", label)
+        save_png(root / "lab" / f"{name}_label.png", label)
 
 
 def test_images_without_labels_are_all_listed(tmp_path: Path) -> None:
@@ -263,16 +243,16 @@ def test_mixed_formats_and_empty_folder(tmp_path: Path) -> None:
 
 def test_shape_channel_and_geometry_mismatch(tmp_path: Path) -> None:
     _pair_2d(tmp_path, ["a", "b"])
-    _save_png(tmp_path / "lab" / "b_label.png", np.ones((5, 7), np.uint8))
+    save_png(tmp_path / "lab" / "b_label.png", np.ones((5, 7), np.uint8))
     with pytest.raises(LdsegError, match=r"b_label\.png: label shape \(5, 7\) differs"):
         import_paired_folders(tmp_path / "img", tmp_path / "lab", tmp_path / "out")
-    _save_png(tmp_path / "lab" / "b_label.png", np.ones((6, 7), np.uint8))
-    _save_png(tmp_path / "img" / "b.png", np.zeros((3, 6, 7), np.uint8))
+    save_png(tmp_path / "lab" / "b_label.png", np.ones((6, 7), np.uint8))
+    save_png(tmp_path / "img" / "b.png", np.zeros((3, 6, 7), np.uint8))
     with pytest.raises(LdsegError, match=r"b\.png: has 3 channel\(s\) but .*a\.png has 1"):
         import_paired_folders(tmp_path / "img", tmp_path / "lab", tmp_path / "out")
 
-    _save_sitk(tmp_path / "v" / "x.nii.gz", np.zeros((3, 4, 5), np.int16))
-    _save_sitk(tmp_path / "v" / "x_label.nii.gz", np.zeros((3, 4, 5), np.uint8),
+    save_sitk(tmp_path / "v" / "x.nii.gz", np.zeros((3, 4, 5), np.int16))
+    save_sitk(tmp_path / "v" / "x_label.nii.gz", np.zeros((3, 4, 5), np.uint8),
                spacing=(1.0, 1.0, 1.0))
     with pytest.raises(LdsegError, match=r"x_label\.nii\.gz: label geometry differs.*spacing"):
         import_paired_folders(tmp_path / "v", tmp_path / "v", tmp_path / "out3d")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import save_sitk
 
 from ldseg.config import ModelConfig, PreprocessConfig, RunConfig
 from ldseg.data.imageio import read_image, write_image
@@ -36,13 +37,6 @@ def make_run(tmp_path, dims: int, data_dims: int, grid, channels=1, classes=3, s
     return run
 
 
-def write_nifti(path, array, spacing, origin, direction):
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    img.SetDirection(direction)
-    sitk.WriteImage(img, str(path))
-
 
 ROT = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -55,7 +49,7 @@ def test_predict_preserves_nifti_geometry_exactly(tmp_path, dims):
     inp.mkdir()
     rng = np.random.default_rng(0)
     vol = rng.normal(size=(11, 23, 37)).astype(np.int16)
-    write_nifti(inp / "caseA_0000.nii.gz", vol, (0.7, 1.3, 2.9), (-12.5, 40.0, 3.25), ROT)
+    save_sitk(inp / "caseA_0000.nii.gz", vol, (0.7, 1.3, 2.9), (-12.5, 40.0, 3.25), ROT)
     out = tmp_path / "out"
     written = predict_folder(run, inp, out, steps=3, samples=2, progress_bar=False)
     assert [p.name for p in written] == ["caseA.nii.gz"]
@@ -147,3 +141,12 @@ def test_existing_output_folder_is_not_overwritten_by_default(tmp_path):
         predict_folder(run, inp, out, steps=1, progress_bar=False)
     predict_folder(run, inp, out, steps=1, progress_bar=False, overwrite=True)
     assert (out / "precious.txt").read_text() == "keep me" and (out / "a.png").is_file()
+
+
+def test_predict_a_single_file(tmp_path):
+    run = make_run(tmp_path, 2, 2, (32, 32))
+    write_image(tmp_path / "scan_0000.png", np.full((25, 30), 9, np.uint8))
+    written = predict_folder(run, tmp_path / "scan_0000.png", tmp_path / "out", steps=1,
+                             progress_bar=False)
+    assert [p.name for p in written] == ["scan.png"]
+    assert read_image(written[0])[0].shape == (1, 25, 30)

@@ -36,6 +36,8 @@ def _add_train(sub) -> None:
     p.add_argument("--slice-axis", type=int, default=-1, help="array axis cut for --dims 2")
     p.add_argument("--grid", type=_ints, default=(), help="model grid, e.g. 256,256")
     p.add_argument("--max-voxels", type=int, default=0, help="voxel budget of the auto grid")
+    p.add_argument("--no-keep-aspect", action="store_true",
+                   help="stretch each axis to the grid (e.g. when one axis is time)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=50)
     g.add_argument("--iters-per-epoch", type=int, default=50)
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data -> train -> predict -> evaluate")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
-    p.add_argument("--minutes", type=float, default=6.0, help="training budget")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("info", help="describe a trained run")
@@ -154,7 +157,7 @@ def _cmd_train(args) -> None:
         state = train(args.dataset, args.output, resume=False, progress_bar=not args.no_progress,
                       dims=args.dims, grid=args.grid, max_voxels=args.max_voxels,
                       slice_axis=args.slice_axis, model=model, diffusion=dc, train=tc,
-                      auto_flips=args.flip_axes is None)
+                      auto_flips=args.flip_axes is None, keep_aspect=not args.no_keep_aspect)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "
           f"Dice {best}; run folder: {args.output}")
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from ldseg.demo import run_demo
 
-            run_demo(args.output, minutes=args.minutes, seed=args.seed)
+            run_demo(args.output, minutes=args.minutes, seed=args.seed, threads=args.threads)
         elif args.command == "info":
             _cmd_info(args)
     except LdsegError as exc:

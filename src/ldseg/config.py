@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldseg.errors import LdsegError
+from ldseg.files import atomic_write
 
 
 @dataclass
@@ -40,7 +39,9 @@ class ModelConfig:
     latent_channels: int = 1
     image_latent_channels: int = 1
     norm: str = "group"  # "group" or "batch" (reference); BatchNorm misbehaves in eval mode
-    dropout: float = 0.2
+    # Reference: 0.2. With CPU-sized budgets (a few hundred steps) dropout 0 learned faster:
+    # demo data, 1 thread, ~260 steps: validation Dice 0.74 vs 0.62 with 0.2.
+    dropout: float = 0.0
     label_input: str = "onehot"  # "onehot" or "integer" (reference quirk: one channel)
     attention_head_channels: int = 16
 
@@ -199,18 +200,8 @@ def from_dict(cls, data: dict, where: str = "config"):
 
 def save_json(data: dict, path: Path) -> None:
     """Write JSON atomically: a crash never leaves a half-written config."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
 
 
 def save_run_config(config: RunConfig, path: Path) -> None:

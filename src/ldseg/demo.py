@@ -33,8 +33,9 @@ def otsu_foreground_dice(images_dir: Path, labels_dir: Path, ending: str, num_cl
     return float(np.mean(scores))
 
 
-def run_demo(output: Path, *, minutes: float = 6.0, seed: int = 0,
-             num_train: int = 40, num_test: int = 8, progress_bar: bool = True) -> dict:
+def run_demo(output: Path, *, minutes: float = 10.0, seed: int = 0,
+             num_train: int = 40, num_test: int = 8, progress_bar: bool = True,
+             threads: int = 0) -> dict:
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise LdsegError(f"{output}: demo output folder exists and is not empty "
@@ -49,7 +50,8 @@ def run_demo(output: Path, *, minutes: float = 6.0, seed: int = 0,
     print(f"[2/4] training LDSeg for {minutes:g} min -> {run}")
     state = train(dataset, run, progress_bar=progress_bar, grid=DEMO_GRID,
                   train=TrainConfig(batch_size=8, budget_minutes=minutes, iters_per_epoch=40,
-                                    val_fraction=0.1, seed=seed, warmup_steps=20))
+                                    val_fraction=0.1, seed=seed, warmup_steps=20,
+                                    num_threads=threads))
     predictions = output / "predictions"
     print(f"[3/4] segmenting {num_test} held-out cases (15 DDIM steps, 4 samples) -> "
           f"{predictions}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ldseg.files import atomic_write  # noqa: E402
 
 # Okabe-Ito: distinguishable for colour-blind readers.
 CLASS_COLOURS = np.array([
@@ -20,16 +20,11 @@ CLASS_COLOURS = np.array([
 
 
 def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:
@@ -47,7 +42,8 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     for key in val_keys:
         pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
         if pts:
-            ax2.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key.replace("val_", ""))
+            name = "mean foreground" if key == "val_dice" else key.replace("val_dice_", "")
+            ax2.plot(*zip(*pts, strict=True), marker="o", ms=3, label=name)
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch")
     ax2.set_title("validation Dice (sampled)")

@@ -9,9 +9,7 @@ nnU-Net, and lets `check_dataset` tell them every problem before hours of traini
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from ldseg.data.imageio import (
     spatial_dims_of_ending,
 )
 from ldseg.errors import LdsegError
+from ldseg.files import atomic_write
 
 DATASET_JSON = "dataset.json"
 SPLITS = ("Tr", "Ts")
@@ -175,25 +174,10 @@ def write_dataset_json(
         "numTraining": int(num_training),
         "file_ending": file_ending,
     }
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / DATASET_JSON
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{DATASET_JSON}.", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=4)
-            fh.write("\n")
-        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes it private (0600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    path = Path(root) / DATASET_JSON
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ----------------------------------------------------------------------------- listing cases

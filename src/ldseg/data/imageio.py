@@ -8,8 +8,6 @@ so that a prediction is written back onto exactly the input's grid.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,12 +16,11 @@ import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 
 from ldseg.errors import LdsegError
+from ldseg.files import atomic_write
 
 FORMATS_2D = (".png", ".bmp", ".tif", ".tiff")
 FORMATS_3D = (".nii.gz", ".nii", ".nrrd", ".mha")
 SUPPORTED_FORMATS = FORMATS_2D + FORMATS_3D
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -162,20 +159,11 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry | None =
     dims = spatial_dims_of_ending(ending)
     if array.ndim != dims:
         raise LdsegError(f"{path}: cannot write a {array.ndim}D array as a {dims}D '{ending}' file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ending}",
-                                    dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=ending) as tmp:
         if dims == 2:
-            _write_2d(Path(tmp_name), array, ending)
+            _write_2d(tmp, array, ending)
         else:
-            _write_3d(Path(tmp_name), array, geometry or Geometry.identity(3))
-        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs should not be
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+            _write_3d(tmp, array, geometry or Geometry.identity(3))
 
 
 def _write_2d(path: Path, array: np.ndarray, ending: str) -> None:

@@ -32,6 +32,7 @@ from ldseg.data.imageio import (
     write_image,
 )
 from ldseg.errors import LdsegError
+from ldseg.files import atomic_write
 
 _LIST_LIMIT = 8
 
@@ -284,14 +285,8 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     """Write (1 or 3, H, W) uint8/uint16 as one PNG, atomically (temporary name, then rename)."""
     pil = Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1)), mode="RGB") \
         if image.shape[0] == 3 else Image.fromarray(np.ascontiguousarray(image[0]))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        pil.save(tmp_name, format="PNG")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, suffix=".png") as tmp:
+        pil.save(tmp, format="PNG")
 
 
 # ----------------------------------------------------------------------------- finishing

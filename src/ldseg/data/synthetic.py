@@ -54,14 +54,14 @@ class SyntheticSpec:
     # layout
     min_groups: int = 1  # a group is a cell with a capsule wrapped around or pressed against it
     max_groups: int = 2
-    extra_blob_prob: float = 0.6  # chance of one more free-standing cell or capsule
+    extra_blob_prob: float = 0.4  # chance of one more free-standing cell or capsule
     # sizes; None: per-dimension defaults (3D objects are relatively larger, so that they
     # still span a few cells of the model's 1/16 latent grid and fill a fair share of a volume)
-    core_radius_frac: tuple[float, float] | None = None  # 2D 0.10..0.20: 13..26 px in 128
+    core_radius_frac: tuple[float, float] | None = None  # 2D 0.16..0.26: 20..33 px in 128
     shell_thickness_frac: tuple[float, float] | None = None
     blob_radius_frac: tuple[float, float] | None = None
-    wrap_prob: float = 0.5  # capsule as a partial shell (else as a blob pressed against the cell)
-    deformation: float = 0.08  # amplitude of the smooth radial deformation
+    wrap_prob: float = 0.4  # capsule as a partial shell (else as a blob pressed against the cell)
+    deformation: float = 0.05  # amplitude of the smooth radial deformation
     # appearance
     base_intensity: tuple[float, float] = (0.42, 0.55)
     class_offset: float = 0.05  # per-image class mean offsets drawn in +-this
@@ -101,7 +101,7 @@ class SyntheticSpec:
 
 
 _DEFAULT_SIZES = {
-    2: {"core": (0.10, 0.20), "shell": (0.05, 0.09), "blob": (0.09, 0.15)},
+    2: {"core": (0.16, 0.26), "shell": (0.09, 0.14), "blob": (0.14, 0.22)},
     3: {"core": (0.15, 0.24), "shell": (0.07, 0.10), "blob": (0.12, 0.18)},
 }
 

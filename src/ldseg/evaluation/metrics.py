@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 from ldseg.data.imageio import SUPPORTED_FORMATS, file_ending, read_image
 from ldseg.errors import LdsegError
+from ldseg.files import atomic_write
 
 # Key order as nnU-Net builds them (the file itself is written with sorted keys, like nnU-Net).
 METRIC_KEYS = ("Dice", "IoU", "FN", "FP", "TP", "TN", "n_pred", "n_ref")
@@ -254,16 +253,9 @@ def write_summary(summary: dict, output_file: str | Path) -> Path:
     truncated summary.json that later tools would choke on.
     """
     path = Path(output_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, sort_keys=True, indent=4, allow_nan=True)
-            handle.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(summary, sort_keys=True, indent=4, allow_nan=True) + "\n",
+                       encoding="utf-8")
     return path
 
 

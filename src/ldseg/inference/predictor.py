@@ -6,6 +6,7 @@ processed one at a time, so a folder of any length runs in bounded memory.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,13 +169,18 @@ def predict_folder(
     progress_bar: bool = True,
     reference_dir: Path | None = None,
 ) -> list[Path]:
-    """Segment every case of a folder; returns the label files written."""
+    """Segment every case of a folder (or one file); returns the label files written."""
     from ldseg.pictures import save_case_panel
 
     segmenter = Segmenter.load(run, checkpoint, device)
     cfg = segmenter.config
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    cases = find_image_cases(input_dir, cfg.file_ending)
+    if input_dir.is_file():  # a single image file
+        ending = file_ending(input_dir)
+        name = re.sub(r"_\d{4}$", "", input_dir.name[: -len(ending)])  # nnU-Net channel suffix
+        cases = [Case(name, [input_dir], None)]
+    else:
+        cases = find_image_cases(input_dir, cfg.file_ending, cfg.model.in_channels)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise LdsegError(f"{output_dir}: output folder exists and is not empty "
                          "(use --overwrite to replace its files)")

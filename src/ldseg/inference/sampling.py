@@ -46,16 +46,16 @@ def segment_batch(
         return model.denoiser(z, z_image, t)
 
     z = sample_latent(denoise, schedule, noise, steps, eta, generator, on_step)
-    probs_sum = None
-    labels = []
     per_image = z.reshape(b, samples, *z.shape[1:])
-    for s0 in range(0, samples, max(1, decode_chunk // max(1, b))):
-        chunk = per_image[:, s0:s0 + max(1, decode_chunk // max(1, b))]
-        n = chunk.shape[1]
-        probs = torch.softmax(model.label_decoder(chunk.reshape(b * n, *z.shape[1:])).float(), 1)
-        probs = probs.reshape(b, n, *probs.shape[1:])
+    chunk = max(1, decode_chunk // b)  # samples decoded at once, for every image of the batch
+    probs_sum = torch.zeros(0)
+    labels = []
+    for s0 in range(0, samples, chunk):
+        part = per_image[:, s0:s0 + chunk]
+        n = part.shape[1]
+        logits = model.label_decoder(part.reshape(b * n, *z.shape[1:])).float()
+        probs = torch.softmax(logits, 1).reshape(b, n, -1, *logits.shape[2:])
         if samples > 1:
             labels.append(probs.argmax(2).to(torch.uint8))
-        part = probs.sum(1)
-        probs_sum = part if probs_sum is None else probs_sum + part
+        probs_sum = probs.sum(1) if s0 == 0 else probs_sum + probs.sum(1)
     return GridSegmentation(probs_sum / samples, torch.cat(labels, 1) if labels else None)

@@ -41,6 +41,7 @@ def plan_run(
     diffusion: DiffusionConfig | None = None,
     train: TrainConfig | None = None,
     auto_flips: bool = True,
+    keep_aspect: bool = True,
 ) -> RunConfig:
     """Fill in everything the dataset determines; `shapes`/`spacings` are the training cases'."""
     data_dims = spec.spatial_dims
@@ -65,7 +66,8 @@ def plan_run(
     else:
         grid = choose_grid(shapes, spacings, max_voxels or DEFAULT_GRID_VOXELS[dims], multiple)
     preprocess = PreprocessConfig(
-        spatial_dims=dims, grid=tuple(grid), slice_axis=axis, data_spatial_dims=data_dims
+        spatial_dims=dims, grid=tuple(grid), slice_axis=axis, data_spatial_dims=data_dims,
+        keep_aspect=keep_aspect,
     )
     train = train or TrainConfig()
     if auto_flips:  # mirror 2D images; 3D anatomy (left/right, femur above tibia) is not

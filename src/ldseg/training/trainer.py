@@ -252,9 +252,13 @@ class Trainer:
         save_run_config(self.config, self.run_dir / "config.json")
         old_handlers = {s: signal.signal(s, self.request_stop)
                         for s in (signal.SIGINT, signal.SIGTERM)}
+        # In budget mode the bar counts seconds (so its ETA is the budget's end); the step rate
+        # goes into the postfix.
+        fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s "
+               "[{elapsed}<{remaining}{postfix}]") if budget else None
         bar = tqdm(total=int(budget) if budget else total_steps, initial=0 if budget else
-                   self.state.step, unit="s" if budget else "step", disable=not progress_bar,
-                   desc="train", dynamic_ncols=True)
+                   self.state.step, unit="step", disable=not progress_bar, desc="train",
+                   dynamic_ncols=True, bar_format=fmt)
         start = time.monotonic() - self.state.elapsed
         running: dict[str, float] = {}
         try:
@@ -274,7 +278,11 @@ class Trainer:
                     bar.refresh()
                 else:
                     bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", dice=f"{self.last_val():.3f}")
+                postfix = {"loss": f"{parts['loss']:.3f}", "val_dice": f"{self.last_val():.3f}"}
+                if budget:
+                    postfix["step"] = self.state.step
+                    postfix["steps/s"] = f"{self.state.step / max(self.state.elapsed, 1e-9):.2f}"
+                bar.set_postfix(postfix)
                 end_of_epoch = self.state.step % tc.iters_per_epoch == 0
                 if end_of_epoch:
                     self.end_epoch(running, validate=(self.state.epoch + 1) % tc.val_every == 0)
