@@ -7,6 +7,7 @@ uncertainty -> evaluate -> pictures, next to a per-class Otsu threshold as a san
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,13 @@ from ldseg.data.synthetic import best_assignment_dice, otsu_baseline, write_synt
 from ldseg.errors import LdsegError
 from ldseg.evaluation.metrics import evaluate_folders, format_table
 from ldseg.inference.predictor import predict_folder
+from ldseg.training.plan import default_model
 from ldseg.training.trainer import train
 
 DEMO_GRID = (128, 128)
+# Four latent channels instead of the reference's one: on this data, 8 minutes on one thread
+# reached validation Dice 0.84 with 4 channels against 0.78 with 1 (about 285 steps each).
+DEMO_LATENT_CHANNELS = 4
 
 
 def otsu_foreground_dice(images_dir: Path, labels_dir: Path, ending: str, num_classes: int):
@@ -48,7 +53,9 @@ def run_demo(output: Path, *, minutes: float = 10.0, seed: int = 0,
           f"classes {spec.class_names[1:]})")
     run = output / "run"
     print(f"[2/4] training LDSeg for {minutes:g} min -> {run}")
-    state = train(dataset, run, progress_bar=progress_bar, grid=DEMO_GRID,
+    model = replace(default_model(2, 1, spec.num_classes), latent_channels=DEMO_LATENT_CHANNELS,
+                    image_latent_channels=DEMO_LATENT_CHANNELS)
+    state = train(dataset, run, progress_bar=progress_bar, grid=DEMO_GRID, model=model,
                   train=TrainConfig(batch_size=8, budget_minutes=minutes, iters_per_epoch=40,
                                     val_fraction=0.1, seed=seed, warmup_steps=20,
                                     num_threads=threads))

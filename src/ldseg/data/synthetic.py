@@ -67,12 +67,12 @@ class SyntheticSpec:
     class_offset: float = 0.05  # per-image class mean offsets drawn in +-this
     background_texture: float = 0.08
     speckle_strength: float = 0.30
-    stripe_strength: float = 0.13
+    stripe_strength: float = 0.25
     stripe_period: tuple[float, float] = (3.5, 5.5)  # voxels
-    rim_strength: tuple[float, float] = (0.10, 0.18)
+    rim_strength: tuple[float, float] = (0.15, 0.25)
     bias_strength: float = 0.45  # max relative gain change across the image
     blur_sigma: float = 0.6
-    noise_std: float = 0.04
+    noise_std: float = 0.03
     spacing: tuple[float, ...] | None = None  # None: 1.0 per axis
 
     def __post_init__(self) -> None:
