@@ -150,3 +150,13 @@ def test_predict_a_single_file(tmp_path):
                              progress_bar=False)
     assert [p.name for p in written] == ["scan.png"]
     assert read_image(written[0])[0].shape == (1, 25, 30)
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_detected(tmp_path):
+    run = make_run(tmp_path, 2, 2, (32, 32))
+    path = run / "model_best.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x40  # inside the tensor data: safetensors itself still parses it
+    path.write_bytes(bytes(data))
+    with pytest.raises(LdsegError, match="content hash mismatch"):
+        Segmenter.load(run)

@@ -76,3 +76,12 @@ def test_budget_stops_training_by_wall_clock(easy, tmp_path):
     assert 3.0 <= state.elapsed < 30 and state.step < 1000
     assert state.history[-1].get("val_dice") is not None  # a final validation and checkpoint
     assert (tmp_path / "b" / "model_best.safetensors").is_file()
+
+
+def test_an_existing_run_is_never_overwritten(easy, tmp_path):
+    tc = TrainConfig(batch_size=2, epochs=1, iters_per_epoch=1, val_fraction=0.25)
+    train(easy, tmp_path / "r", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    before = (tmp_path / "r" / "model_last.safetensors").read_bytes()
+    with pytest.raises(LdsegError, match="already holds a training run"):
+        train(easy, tmp_path / "r", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    assert (tmp_path / "r" / "model_last.safetensors").read_bytes() == before

@@ -180,7 +180,7 @@ def predict_folder(
         name = re.sub(r"_\d{4}$", "", input_dir.name[: -len(ending)])  # nnU-Net channel suffix
         cases = [Case(name, [input_dir], None)]
     else:
-        cases = find_image_cases(input_dir, cfg.file_ending, cfg.model.in_channels)
+        cases = find_image_cases(input_dir, cfg.file_ending)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise LdsegError(f"{output_dir}: output folder exists and is not empty "
                          "(use --overwrite to replace its files)")

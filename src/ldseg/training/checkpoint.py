@@ -7,6 +7,7 @@ rebuild the model; the training state (optimizer, EMA, RNG, counters) sits besid
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,10 +20,22 @@ from ldseg.errors import LdsegError
 from ldseg.files import atomic_write
 
 
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: catches corruption that still parses."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta["sha256"] = content_hash(tensors)
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -32,9 +45,15 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise LdsegError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+    expected = metadata.get("sha256")
+    if expected is None:
+        raise LdsegError(f"{path}: checkpoint has no content hash (not written by ldseg?)")
+    if content_hash(tensors) != expected:
+        raise LdsegError(f"{path}: corrupt checkpoint (content hash mismatch)")
+    return tensors, metadata
 
 
 def save_model(model: torch.nn.Module, config: RunConfig, path: Path, info: dict) -> None:

@@ -27,6 +27,7 @@ from ldseg.data.imageio import image_info
 from ldseg.data.preprocessing import PreparedCase, prepare_case
 from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
+from ldseg.files import atomic_write
 from ldseg.inference.sampling import segment_batch
 from ldseg.model.networks import LDSeg
 from ldseg.training.augment import augment_batch
@@ -332,12 +333,10 @@ def write_log(run_dir: Path, history: list[dict]) -> None:
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    tmp = run_dir / f".{LOG_CSV}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(run_dir / LOG_CSV) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
-    tmp.replace(run_dir / LOG_CSV)
     plot_training_curves(history, run_dir / "curves.png")
 
 
@@ -365,7 +364,17 @@ def train(dataset_dir: Path, run_dir: Path, config: RunConfig | None = None, *,
             saved.train.epochs, saved.train.budget_minutes = (config.train.epochs,
                                                               config.train.budget_minutes)
         config = saved
-    elif config is None:
+        if (config.model.in_channels, config.model.num_classes) != (spec.num_channels,
+                                                                     spec.num_classes):
+            raise LdsegError(
+                f"{spec.root}: has {spec.num_channels} channel(s) and {spec.num_classes} "
+                f"classes, the run in {run_dir} was trained on {config.model.in_channels} and "
+                f"{config.model.num_classes}"
+            )
+    elif (run_dir / TRAIN_STATE).is_file():
+        raise LdsegError(f"{run_dir}: already holds a training run; use --resume to continue it "
+                         "or choose another output folder")
+    if config is None:
         infos = [image_info(c.image_files[0]) for c in cases]
         config = plan_run(spec, [i[0] for i in infos], [i[1] for i in infos], **plan_options)
     tc = config.train
