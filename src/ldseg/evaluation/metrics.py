@@ -1,35 +1,75 @@
-"""Per-case, per-class Dice and IoU, summarised exactly as nnU-Net v2's `summary.json`.
+"""Per-case, per-class overlap, surface and volume metrics, summarised as nnU-Net v2's `summary.json`.
 
 Following nnU-Net's schema (and its conventions) lets results from ldseg and nnU-Net be
-compared with the same scripts:
+compared with the same scripts. Every class entry holds nnU-Net's keys (`Dice`, `IoU`, `TP`,
+`FP`, `FN`, `TN`, `n_pred`, `n_ref`) plus:
 
-- a class absent from both reference and prediction scores NaN (nothing to get right), and
-  NaN cases are left out of the per-class mean (`nanmean`);
-- a class absent from the reference but predicted scores 0, and so does a missed structure;
+- `HD95`: 95th percentile symmetric Hausdorff distance in mm (MONAI's
+  `compute_hausdorff_distance`, `percentile=95`: the 95th percentile, linearly interpolated, of
+  the distances from prediction to reference boundary and of those from reference to
+  prediction boundary, whichever is larger);
+- `ASSD`: average symmetric surface distance in mm (MONAI's `compute_average_surface_distance`,
+  `symmetric=True`: the mean of both sets of boundary distances pooled together);
+- `NSD`: normalised surface Dice (MONAI's `compute_surface_dice`): the fraction of boundary
+  voxels of both masks lying within the tolerance (default 1 mm, `nsd_tolerance_mm`) of the
+  other mask's boundary;
+- `VolumePred_mm3`, `VolumeRef_mm3`: voxel counts times the voxel volume;
+- `VolumeDifference`: relative, `(V_pred - V_ref) / V_ref`; positive means over-segmentation.
+
+Boundaries and distances are MONAI's: a mask's boundary is the mask minus its binary erosion
+(scipy's default cross-shaped structuring element, i.e. 4-connectivity in 2D and 6 in 3D, with
+everything outside the image counting as background), and a distance is the Euclidean distance
+between boundary voxel centres, each axis scaled by its spacing (read from the reference
+image; 1 per axis where it has none, e.g. PNG). Distances are computed on a crop around the
+union of the two masks plus one voxel, which changes nothing (erosion treats the outside as
+background either way) and keeps large volumes fast.
+
+Rules for empty masks:
+
+- a class absent from both reference and prediction scores NaN in every metric (nothing to get
+  right; volumes and voxel counts stay the measured zeros), and NaN cases are left out of the
+  per-class mean (`nanmean`);
+- a structure must never improve an average by being missed or invented: a class present in
+  the reference but not predicted, or predicted where the reference has none, scores Dice 0,
+  IoU 0, NSD 0 and HD95 = ASSD = the image diagonal in mm, `sqrt(sum((shape_i * spacing_i)^2))`
+  (MONAI would give inf or NaN there, which a mean cannot use);
+- `VolumeDifference` is NaN when the reference volume is 0 (a relative error of nothing);
 - `foreground_mean` is the plain mean over the foreground classes of the per-class means, so
   a class that is NaN in every case makes it NaN, as in nnU-Net;
 - NaN is written as JSON's non-standard `NaN` literal (Python's `json` default, as nnU-Net
-  does); `load_summary` and any `json.load` read it back.
+  does); `load_summary` and any `json.load` read it back. `summary.csv` writes `NaN` too.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_hausdorff_distance,
+    compute_surface_dice,
+)
 
-from ldseg.data.imageio import SUPPORTED_FORMATS, file_ending, read_image
+from ldseg.data.imageio import SUPPORTED_FORMATS, Geometry, file_ending, read_image
 from ldseg.errors import LdsegError
 from ldseg.files import atomic_write
 
-# Key order as nnU-Net builds them (the file itself is written with sorted keys, like nnU-Net).
-METRIC_KEYS = ("Dice", "IoU", "FN", "FP", "TP", "TN", "n_pred", "n_ref")
+# nnU-Net's keys in the order it builds them, then ours (the JSON itself has sorted keys).
+NNUNET_KEYS = ("Dice", "IoU", "FN", "FP", "TP", "TN", "n_pred", "n_ref")
+SURFACE_KEYS = ("HD95", "ASSD", "NSD")
+VOLUME_KEYS = ("VolumeDifference", "VolumePred_mm3", "VolumeRef_mm3")
+METRIC_KEYS = NNUNET_KEYS + SURFACE_KEYS + VOLUME_KEYS
 SUMMARY_FILE = "summary.json"
+DEFAULT_NSD_TOLERANCE_MM = 1.0
 
 # Up to this label value, np.bincount (linear time) counts voxels; above it, or for negative
 # values, np.unique (a sort) does, so that odd label maps cost time but never huge memory.
