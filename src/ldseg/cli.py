@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
 
-    p = sub.add_parser("evaluate", help="Dice and IoU of predictions against references")
+    p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, NSD, volume difference")
     p.add_argument("prediction", type=Path)
     p.add_argument("reference", type=Path)
     p.add_argument("-d", "--dataset-json", type=Path)
     p.add_argument("-o", "--output", type=Path, help="summary.json path")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0,
+                   help="surface Dice tolerance in mm")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> predict -> evaluate")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
@@ -186,15 +188,21 @@ def _cmd_predict(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from ldseg.evaluation.metrics import evaluate_folders, format_table, load_dataset_labels
+    from ldseg.evaluation.metrics import (
+        csv_path_for,
+        evaluate_folders,
+        format_table,
+        load_dataset_labels,
+    )
 
     labels, names = (None, None)
     if args.dataset_json:
         labels, names = load_dataset_labels(args.dataset_json)
     summary = evaluate_folders(args.prediction, args.reference, labels=labels, class_names=names,
-                               output_file=args.output)
+                               output_file=args.output, nsd_tolerance_mm=args.nsd_tolerance)
     print(format_table(summary))
-    print(f"summary: {args.output or args.prediction / 'summary.json'}")
+    out = args.output or args.prediction / "summary.json"
+    print(f"summary: {out} and {csv_path_for(out)}")
 
 
 def _cmd_import(args) -> None:

@@ -1,4 +1,4 @@
-"""Per-case, per-class overlap, surface and volume metrics, summarised as nnU-Net v2's `summary.json`.
+"""Per-case, per-class overlap, surface and volume metrics in nnU-Net v2's `summary.json` format.
 
 Following nnU-Net's schema (and its conventions) lets results from ldseg and nnU-Net be
 compared with the same scripts. Every class entry holds nnU-Net's keys (`Dice`, `IoU`, `TP`,
@@ -79,16 +79,22 @@ _MAX_LISTED = 10
 
 @dataclass(frozen=True)
 class _Counts:
-    """Voxel counts per label value for one reference/prediction pair.
+    """Voxel counts per label value for one reference/prediction pair, and surface distances.
 
     Counting every value once (rather than building masks per class) lets labels be decided
-    after all cases are read, so each image is read only once.
+    after all cases are read, so each image is read only once. Surface distances are only
+    needed for labels present in both images (every other case follows from the counts, see
+    `metrics`), and such a label is always one the caller can name beforehand: a value of the
+    reference or a requested label.
     """
 
     size: int
     n_ref: dict[int, int]
     n_pred: dict[int, int]
     tp: dict[int, int]
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    surface: dict[int, tuple[float, float, float]]  # label -> (HD95, ASSD, NSD)
 
     def metrics(self, label: int) -> dict[str, float]:
         tp = self.tp.get(label, 0)
@@ -102,8 +108,59 @@ class _Counts:
         else:
             dice = 2 * tp / (2 * tp + fp + fn)
             iou = tp / (tp + fp + fn)
+        if n_ref == 0 and n_pred == 0:
+            hd95 = assd = nsd = math.nan
+        elif n_ref == 0 or n_pred == 0:  # missed or invented: worst distance, no agreement
+            hd95 = assd = _diagonal_mm(self.shape, self.spacing)
+            nsd = 0.0
+        else:
+            hd95, assd, nsd = self.surface[label]
+        voxel_mm3 = math.prod(self.spacing)
+        volume_pred, volume_ref = n_pred * voxel_mm3, n_ref * voxel_mm3
+        volume_difference = (volume_pred - volume_ref) / volume_ref if n_ref else math.nan
         return {"Dice": dice, "IoU": iou, "FN": fn, "FP": fp, "TP": tp, "TN": tn,
-                "n_pred": n_pred, "n_ref": n_ref}
+                "n_pred": n_pred, "n_ref": n_ref, "HD95": hd95, "ASSD": assd, "NSD": nsd,
+                "VolumeDifference": volume_difference, "VolumePred_mm3": volume_pred,
+                "VolumeRef_mm3": volume_ref}
+
+
+def _diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
+
+
+def _union_crop(pred_mask: np.ndarray, ref_mask: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of both masks plus one voxel each side, clipped to the image."""
+    union = pred_mask | ref_mask
+    box = []
+    for axis in range(union.ndim):
+        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, union.shape[axis])))
+    return tuple(box)
+
+
+def _surface_metrics(
+    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float
+) -> tuple[float, float, float]:
+    """HD95, ASSD (mm) and NSD of two non-empty boolean masks, by MONAI, on their union's crop.
+
+    MONAI takes one-hot (batch, class, *spatial) inputs; a single class with
+    `include_background=True` is exactly this mask. Cropping first matters: MONAI's own crop
+    (in `get_mask_edges`) runs only after it has converted the full volume, three times over.
+    """
+    box = _union_crop(pred_mask, ref_mask)
+    y_pred = torch.from_numpy(pred_mask[box].astype(np.float32))[None, None]
+    y_ref = torch.from_numpy(ref_mask[box].astype(np.float32))[None, None]
+    axes = list(spacing)
+    with warnings.catch_warnings():
+        # MONAI 1.5+ passes its own deprecated `always_return_as_numpy` argument internally.
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = compute_hausdorff_distance(y_pred, y_ref, include_background=True, percentile=95,
+                                          spacing=axes)
+        assd = compute_average_surface_distance(y_pred, y_ref, include_background=True,
+                                                symmetric=True, spacing=axes)
+        nsd = compute_surface_dice(y_pred, y_ref, [tolerance_mm], include_background=True,
+                                   spacing=axes)
+    return float(hd95.item()), float(assd.item()), float(nsd.item())
 
 
 def _value_counts(array: np.ndarray) -> dict[int, int]:
@@ -146,20 +203,72 @@ def _as_label_map(array: np.ndarray, source: str) -> np.ndarray:
     raise LdsegError(f"{source}: not a label map (unsupported data type {array.dtype})")
 
 
-def _count(pred: np.ndarray, ref: np.ndarray, pred_source: str, ref_source: str) -> _Counts:
+def _check_spacing(
+    spacing: float | Sequence[float] | None, ndim: int, source: str
+) -> tuple[float, ...]:
+    """Spacing per array axis in mm: None means 1 per axis, a single number is isotropic."""
+    if spacing is None:
+        return (1.0,) * ndim
+    try:
+        values = (float(spacing),) * ndim if np.ndim(spacing) == 0 else tuple(map(float, spacing))
+    except (TypeError, ValueError):
+        raise LdsegError(f"{source}: invalid spacing {spacing!r}") from None
+    if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):
+        raise LdsegError(
+            f"{source}: invalid spacing {values} for a {ndim}D image "
+            "(one positive value per axis)"
+        )
+    return values
+
+
+def _check_tolerance(tolerance_mm: float) -> float:
+    try:
+        value = float(tolerance_mm)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise LdsegError(f"invalid NSD tolerance {tolerance_mm!r}: a distance >= 0 in mm")
+    return value
+
+
+def _count(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    pred_source: str,
+    ref_source: str,
+    *,
+    spacing: float | Sequence[float] | None = None,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    labels: Iterable[int] = (),
+    reference_labels: bool = False,
+) -> _Counts:
+    """Count voxels, and measure surfaces for `labels` (plus, with `reference_labels`, every
+    foreground value of the reference) wherever both images contain the label."""
     if pred.shape != ref.shape:
         raise LdsegError(
             f"{pred_source}: prediction shape {tuple(pred.shape)} differs from reference "
             f"shape {tuple(ref.shape)} ({ref_source})"
         )
+    if ref.ndim not in (2, 3):
+        raise LdsegError(f"{ref_source}: expected a 2D or 3D label map, found {ref.ndim}D")
     pred = _as_label_map(pred, pred_source)
     ref = _as_label_map(ref, ref_source)
+    spacing = _check_spacing(spacing, ref.ndim, ref_source)
     agree = ref == pred
+    n_ref, n_pred = _value_counts(ref), _value_counts(pred)
+    wanted = set(labels) | ({v for v in n_ref if v > 0} if reference_labels else set())
+    surface = {
+        label: _surface_metrics(pred == label, ref == label, spacing, nsd_tolerance_mm)
+        for label in sorted(wanted) if n_ref.get(label, 0) and n_pred.get(label, 0)
+    }
     return _Counts(
         size=int(ref.size),
-        n_ref=_value_counts(ref),
-        n_pred=_value_counts(pred),
+        n_ref=n_ref,
+        n_pred=n_pred,
         tp=_value_counts(ref[agree]),
+        shape=tuple(int(n) for n in ref.shape),
+        spacing=spacing,
+        surface=surface,
     )
 
 
@@ -173,15 +282,24 @@ def _check_labels(labels: Sequence[int]) -> list[int]:
 
 
 def case_metrics(
-    pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]
+    pred: np.ndarray,
+    ref: np.ndarray,
+    labels: Sequence[int],
+    spacing: float | Sequence[float] | None = None,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict[str, dict[str, float]]:
-    """Dice, IoU and the voxel counts behind them, per label, keyed by `str(label)`.
+    """Overlap, surface and volume metrics and the voxel counts behind them, per label, keyed
+    by `str(label)` (see the module docstring for the definitions and the empty-mask rules).
 
-    Counts are kept (not just the scores) because nnU-Net's schema has them, and they let a
-    reader pool cases (e.g. a global Dice) without re-reading the images.
+    `spacing` is in mm per array axis (None: 1 per axis). Counts are kept (not just the
+    scores) because nnU-Net's schema has them, and they let a reader pool cases (e.g. a global
+    Dice) without re-reading the images.
     """
-    counts = _count(np.asarray(pred), np.asarray(ref), "prediction", "reference")
-    return {str(label): counts.metrics(label) for label in _check_labels(labels)}
+    labels = _check_labels(labels)
+    counts = _count(np.asarray(pred), np.asarray(ref), "prediction", "reference",
+                    spacing=spacing, nsd_tolerance_mm=_check_tolerance(nsd_tolerance_mm),
+                    labels=labels)
+    return {str(label): counts.metrics(label) for label in labels}
 
 
 def _nanmean(values: Sequence[Any]) -> float:
@@ -195,12 +313,17 @@ def summarize(
     per_case: list[dict],
     labels: Sequence[int],
     class_names: Mapping[int, str] | None = None,
+    nsd_tolerance_mm: float | None = None,
 ) -> dict:
     """Build the nnU-Net summary (`metric_per_case`, `mean`, `foreground_mean`).
 
     Entries of `per_case` are `{"metrics": case_metrics(...), "prediction_file": ...,
     "reference_file": ...}`; a bare `case_metrics` dict is accepted too (its file names are
-    then None). `class_names` adds an extra `class_names` key, ignored by nnU-Net's tools.
+    then None). Every metric is averaged like nnU-Net's Dice: per class over the cases where
+    it is not NaN, then `foreground_mean` over the foreground classes. Metrics absent from
+    every case (e.g. surface metrics in an nnU-Net summary) are left out; a metric missing in
+    some cases only counts as NaN there. `class_names` adds an extra `class_names` key and
+    `nsd_tolerance_mm` an extra `nsd_tolerance_mm` key, both ignored by nnU-Net's tools.
     """
     labels = _check_labels(labels)
     cases = []
@@ -211,17 +334,21 @@ def summarize(
                           "reference_file": entry.get("reference_file")})
         else:
             cases.append({"metrics": entry, "prediction_file": None, "reference_file": None})
-    mean: dict[str, dict[str, float]] = {}
     for label in labels:
-        key = str(label)
-        missing = [i for i, case in enumerate(cases) if key not in case["metrics"]]
+        missing = [i for i, case in enumerate(cases) if str(label) not in case["metrics"]]
         if missing:
             raise LdsegError(f"case {missing[0]} has no metrics for label {label}")
-        mean[key] = {m: _nanmean([case["metrics"][key][m] for case in cases]) for m in METRIC_KEYS}
+    keys = [m for m in METRIC_KEYS
+            if any(m in case["metrics"][str(label)] for case in cases for label in labels)]
+    mean: dict[str, dict[str, float]] = {
+        str(label): {m: _nanmean([case["metrics"][str(label)].get(m) for case in cases])
+                     for m in keys}
+        for label in labels
+    }
     foreground = [str(label) for label in labels if label != 0]
     foreground_mean = {
         m: float(np.mean([mean[k][m] for k in foreground])) if foreground else math.nan
-        for m in METRIC_KEYS
+        for m in keys
     }
     summary: dict[str, Any] = {
         "metric_per_case": cases,
@@ -231,6 +358,8 @@ def summarize(
     if class_names:
         names = {int(k): str(v) for k, v in class_names.items()}
         summary["class_names"] = {str(label): names[label] for label in labels if label in names}
+    if nsd_tolerance_mm is not None:
+        summary["nsd_tolerance_mm"] = _check_tolerance(nsd_tolerance_mm)
     return summary
 
 
@@ -271,13 +400,13 @@ def _detect_ending(ref_dir: Path) -> str:
     return endings[0]
 
 
-def _read_label_map(path: Path) -> np.ndarray:
-    array, _ = read_image(path)
+def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
+    array, geometry = read_image(path)
     if array.shape[0] != 1:
         raise LdsegError(
             f"{path}: expected a single-channel label map, found {array.shape[0]} channels"
         )
-    return array[0]
+    return array[0], geometry
 
 
 def _list_names(names: Sequence[str]) -> str:
@@ -296,6 +425,53 @@ def write_summary(summary: dict, output_file: str | Path) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(summary, sort_keys=True, indent=4, allow_nan=True) + "\n",
                        encoding="utf-8")
+    return path
+
+
+def csv_path_for(summary_file: str | Path) -> Path:
+    """Where the CSV beside a summary goes: `summary.json` -> `summary.csv`."""
+    path = Path(summary_file)
+    csv_file = path.with_suffix(".csv")
+    return csv_file if csv_file != path else path.with_name(path.name + ".csv")
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NaN"
+    if isinstance(value, float):
+        return repr(value)  # shortest text that reads back as the same float
+    return value
+
+
+def write_summary_csv(summary: dict, output_file: str | Path) -> Path:
+    """Write a summary as a flat table, atomically: one row per case and class, then a `mean`
+    row per class and a `foreground_mean` row (empty label), every metric a column.
+
+    Columns: `case` (file name without ending), `label`, `class_name`, the metrics, then
+    `prediction_file` and `reference_file`. NaN is written as `NaN`.
+    """
+    path = Path(output_file)
+    labels = sorted(summary["mean"], key=int)
+    keys = [m for m in METRIC_KEYS if any(m in v for v in summary["mean"].values())]
+    names = summary.get("class_names") or {}
+    rows: list[list[Any]] = [
+        ["case", "label", "class_name", *keys, "prediction_file", "reference_file"]
+    ]
+    for i, entry in enumerate(summary["metric_per_case"]):
+        case = _case_name(entry, i)
+        for label in labels:
+            metrics = entry["metrics"][label]
+            rows.append([case, label, names.get(label, ""),
+                         *(_csv_value(metrics.get(m)) for m in keys),
+                         entry.get("prediction_file") or "", entry.get("reference_file") or ""])
+    for label in labels:
+        rows.append(["mean", label, names.get(label, ""),
+                     *(_csv_value(summary["mean"][label].get(m)) for m in keys), "", ""])
+    foreground = summary.get("foreground_mean") or {}
+    rows.append(["foreground_mean", "", "", *(_csv_value(foreground.get(m)) for m in keys),
+                 "", ""])
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
     return path
 
 
@@ -321,6 +497,7 @@ def evaluate_folders(
     class_names: Mapping[int, str] | None = None,
     file_ending: str | None = None,
     output_file: str | Path | None = None,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict:
     """Score every reference in `ref_dir` against the same-named file in `pred_dir`.
 
@@ -328,9 +505,12 @@ def evaluate_folders(
     dataset.json labels so that a class absent from every reference still gets a row and
     counts its false positives). Predictions without a reference are ignored (a prediction
     folder may hold unlabelled cases); a reference without a prediction is an error, since
-    silently skipping it would inflate the scores. The summary is written to `output_file`
-    (default `pred_dir/summary.json`) and returned.
+    silently skipping it would inflate the scores. Distances and volumes use each
+    reference's spacing; NSD counts boundary within `nsd_tolerance_mm`. The summary is
+    written to `output_file` (default `pred_dir/summary.json`), the same as a flat table
+    beside it (`summary.csv`, see `write_summary_csv`), and returned.
     """
+    tolerance = _check_tolerance(nsd_tolerance_mm)
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
@@ -347,16 +527,22 @@ def evaluate_folders(
             f"case(s): {_list_names(missing)}"
         )
 
+    given = _check_labels(labels or ())
     counted: list[tuple[str, str, _Counts]] = []
     found: set[int] = set()
     for case, ref_path in references.items():
         pred_path = predictions[case]
-        counts = _count(_read_label_map(pred_path), _read_label_map(ref_path),
-                        str(pred_path), str(ref_path))
+        ref, geometry = _read_label_map(ref_path)
+        pred, _ = _read_label_map(pred_path)
+        # Surfaces for this case's reference labels and the given ones suffice: a label
+        # evaluated only because another case's reference has it is absent from this
+        # reference, and so needs no distances (see `_Counts.metrics`).
+        counts = _count(pred, ref, str(pred_path), str(ref_path), spacing=geometry.spacing,
+                        nsd_tolerance_mm=tolerance, labels=given, reference_labels=True)
         found.update(v for v, n in counts.n_ref.items() if v > 0 and n > 0)
         counted.append((str(pred_path), str(ref_path), counts))
 
-    evaluated = sorted(found | set(_check_labels(labels or ())))
+    evaluated = sorted(found | set(given))
     if not evaluated:
         raise LdsegError(
             f"{ref_dir}: the references contain no foreground labels; "
@@ -367,8 +553,10 @@ def evaluate_folders(
          "prediction_file": pred_file, "reference_file": ref_file}
         for pred_file, ref_file, counts in counted
     ]
-    summary = summarize(per_case, evaluated, class_names)
-    write_summary(summary, output_file if output_file is not None else pred_dir / SUMMARY_FILE)
+    summary = summarize(per_case, evaluated, class_names, nsd_tolerance_mm=tolerance)
+    summary_file = Path(output_file) if output_file is not None else pred_dir / SUMMARY_FILE
+    write_summary(summary, summary_file)
+    write_summary_csv(summary, csv_path_for(summary_file))
     return summary
 
 
@@ -419,10 +607,10 @@ def load_dataset_labels(dataset_json: str | Path) -> tuple[list[int], dict[int, 
     return sorted(names), names
 
 
-def _fmt(value: Any, width: int) -> str:
+def _fmt(value: Any, width: int, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a".rjust(width)
-    return f"{value:.4f}".rjust(width)
+    return f"{value:.{digits}f}".rjust(width)
 
 
 def _case_name(entry: dict, index: int) -> str:
@@ -434,28 +622,35 @@ def _case_name(entry: dict, index: int) -> str:
     return f"case {index}"
 
 
-def format_table(summary: dict) -> str:
-    """A fixed-width table: per case Dice and IoU for each class, then the means.
+# Columns of `format_table` per class: metric, header, decimals.
+_TABLE_COLUMNS = (("Dice", "Dice", 4), ("HD95", "HD95", 2), ("NSD", "NSD", 4))
 
-    Meant for the terminal, where summary.json's nesting is hard to scan.
+
+def format_table(summary: dict) -> str:
+    """A fixed-width table: per case Dice, HD95 (mm) and NSD for each class, then the means.
+
+    Meant for the terminal, where summary.json's nesting is hard to scan; IoU, ASSD and the
+    volumes are in summary.json and summary.csv. A summary without surface metrics (e.g.
+    nnU-Net's) shows n/a in their columns.
     """
     keys = sorted(summary["mean"], key=int)
     names = summary.get("class_names") or {}
     num_w = 7
+    ncol = len(_TABLE_COLUMNS)
     headers = [f"{names[k]} ({k})" if k in names else f"label {k}" for k in keys]
-    group_w = [max(len(h), 2 * num_w + 1) for h in headers]
+    group_w = [max(len(h), ncol * num_w + ncol - 1) for h in headers]
     cases = summary["metric_per_case"]
     row_names = [_case_name(entry, i) for i, entry in enumerate(cases)]
     name_w = max([len("case"), len("mean"), *map(len, row_names)])
 
     def row(label: str, metrics: Mapping[str, Mapping[str, Any]]) -> str:
         cells = [
-            (_fmt(metrics[k]["Dice"], num_w) + " " + _fmt(metrics[k]["IoU"], num_w)).rjust(w)
+            " ".join(_fmt(metrics[k].get(m), num_w, d) for m, _, d in _TABLE_COLUMNS).rjust(w)
             for k, w in zip(keys, group_w, strict=True)
         ]
         return "  ".join([label.ljust(name_w), *cells]).rstrip()
 
-    sub = [("Dice".rjust(num_w) + " " + "IoU".rjust(num_w)).rjust(w) for w in group_w]
+    sub = [" ".join(h.rjust(num_w) for _, h, _ in _TABLE_COLUMNS).rjust(w) for w in group_w]
     lines = [
         "  ".join(["case".ljust(name_w), *(h.rjust(w) for h, w in zip(headers, group_w,
                                                                        strict=True))]),
@@ -469,8 +664,14 @@ def format_table(summary: dict) -> str:
     fg = summary.get("foreground_mean") or {}
     if fg:
         lines.append(
-            f"foreground mean: Dice {_fmt(fg.get('Dice'), 0)}  IoU {_fmt(fg.get('IoU'), 0)}"
+            f"foreground mean: Dice {_fmt(fg.get('Dice'), 0)}  "
+            f"HD95 {_fmt(fg.get('HD95'), 0, 2)} mm  NSD {_fmt(fg.get('NSD'), 0)}"
         )
+    tolerance = summary.get("nsd_tolerance_mm")
+    at = f" within {tolerance:g} mm" if isinstance(tolerance, int | float) else ""
+    lines.append(f"HD95: 95th percentile Hausdorff distance (mm); NSD: normalised surface Dice{at}")
+    lines.append("a missed or spurious structure scores HD95 = the image diagonal and NSD 0")
     if "n/a" in "\n".join(lines):
-        lines.append("n/a: class absent from both reference and prediction")
+        lines.append("n/a: class absent from both reference and prediction "
+                     "(or metric not in the file)")
     return "\n".join(lines)
