@@ -85,3 +85,14 @@ def test_an_existing_run_is_never_overwritten(easy, tmp_path):
     with pytest.raises(LdsegError, match="already holds a training run"):
         train(easy, tmp_path / "r", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
     assert (tmp_path / "r" / "model_last.safetensors").read_bytes() == before
+
+
+def test_training_state_round_trips_through_the_hashed_checkpoint(easy, tmp_path):
+    """The state file holds 0-dim tensors (optimizer steps): hashing and loading must cope."""
+    from ldseg.training.checkpoint import load_tensors
+
+    tc = TrainConfig(batch_size=2, epochs=1, iters_per_epoch=2, val_fraction=0.25)
+    train(easy, tmp_path / "r", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    tensors, meta = load_tensors(tmp_path / "r" / TRAIN_STATE)
+    assert len(meta["sha256"]) == 64
+    assert any(t.ndim == 0 for t in tensors.values())
