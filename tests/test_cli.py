@@ -125,7 +125,7 @@ def test_predict_channel_mismatch_via_subprocess(tmp_path, easy, capsys):
          "-o", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
     line = one_line_error(proc.returncode, proc.stderr)
     assert "x_0000.png" in line and "channel" in line
-    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+    assert not list((tmp_path / "out").glob("*.png"))
 
 
 def test_corrupt_checkpoint(tmp_path, easy, capsys):

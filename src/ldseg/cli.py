@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> None:
-    from ldseg.config import DiffusionConfig, ModelConfig, TrainConfig
+    from ldseg.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
     from ldseg.training.plan import default_model
     from ldseg.training.trainer import train
 
@@ -153,7 +153,7 @@ def _cmd_train(args) -> None:
         if args.latent_channels:
             model.image_latent_channels = args.latent_channels
     if args.resume:
-        state = train(args.dataset, args.output, _resume_overrides(tc), resume=True,
+        state = train(args.dataset, args.output, RunConfig(train=tc), resume=True,
                       progress_bar=not args.no_progress)
     else:
         state = train(args.dataset, args.output, resume=False, progress_bar=not args.no_progress,
@@ -163,12 +163,6 @@ def _cmd_train(args) -> None:
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "
           f"Dice {best}; run folder: {args.output}")
-
-
-def _resume_overrides(tc):
-    from ldseg.config import RunConfig
-
-    return RunConfig(train=tc)
 
 
 def _cmd_predict(args) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ldseg.config import TrainConfig
 from ldseg.data.dataset import find_image_cases, load_case, load_dataset_spec
+from ldseg.data.imageio import read_image
 from ldseg.data.synthetic import best_assignment_dice, otsu_baseline, write_synthetic_dataset
 from ldseg.errors import LdsegError
 from ldseg.evaluation.metrics import evaluate_folders, format_table
@@ -32,7 +33,7 @@ def otsu_foreground_dice(images_dir: Path, labels_dir: Path, ending: str, num_cl
     scores = []
     for case in find_image_cases(images_dir, ending):
         image, _, _ = load_case(case)
-        label, _, _ = load_case(type(case)(case.name, [labels_dir / f"{case.name}{ending}"], None))
+        label, _ = read_image(labels_dir / f"{case.name}{ending}")
         bands = otsu_baseline(image[0], num_classes)
         scores.append(best_assignment_dice(bands, label[0].astype(np.int64), num_classes))
     return float(np.mean(scores))

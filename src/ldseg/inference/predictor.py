@@ -213,4 +213,4 @@ def copy_run_config(run: Path, output_dir: Path) -> None:
         shutil.copyfile(src, Path(output_dir) / "model_config.json")
 
 
-__all__ = ["Segmentation", "Segmenter", "predict_folder", "read_image"]
+__all__ = ["Segmentation", "Segmenter", "predict_folder"]

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ldseg.config import RunConfig, save_run_config, to_dict
-from ldseg.data.dataset import Case, DatasetSpec, check_dataset, list_cases, load_case
+from ldseg.data.dataset import Case, check_dataset, list_cases, load_case
 from ldseg.data.imageio import image_info
 from ldseg.data.preprocessing import PreparedCase, prepare_case
 from ldseg.diffusion.schedule import NoiseSchedule
@@ -90,9 +90,9 @@ def foreground_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> 
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, spec: DatasetSpec, run_dir: Path,
+    def __init__(self, config: RunConfig, run_dir: Path,
                  train_cases: list[Case], val_cases: list[Case], progress_bar: bool = True) -> None:
-        self.config, self.spec, self.run_dir = config, spec, Path(run_dir)
+        self.config, self.run_dir = config, Path(run_dir)
         tc = config.train
         torch.manual_seed(tc.seed)
         self.generator = torch.Generator().manual_seed(tc.seed)
@@ -382,7 +382,7 @@ def train(dataset_dir: Path, run_dir: Path, config: RunConfig | None = None, *,
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, spec, run_dir, train_cases, val_cases, progress_bar)
+    trainer = Trainer(config, run_dir, train_cases, val_cases, progress_bar)
     if resume:
         trainer.restore()
     return trainer.run(progress_bar=progress_bar)
