@@ -1,0 +1,267 @@
+"""Speed and memory of LDSeg inference and training on this machine.
+
+Every scenario runs in its own subprocess so that its peak RSS is its own. Times are the
+median of `--repeats` runs after one warm-up; FLOPs come from torch's flop counter and are
+compared with a convolution and a matmul ceiling measured in the same run.
+
+    .venv/bin/python benchmarks/speed.py                  # all scenarios -> results/speed.md
+    .venv/bin/python benchmarks/speed.py --only infer2d_512 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "speed.md"
+
+# Figures of the issue, measured on this machine kind (2-core AVX2 CPU).
+REFERENCE = {
+    "infer2d_512": (2.66, 3.05),  # TF reference LDSeg: s/image, GB peak RSS
+    "train2d_512": (32.0, 11.2),  # s/step, GB
+    "infer3d_ref": (59.6, 3.6),  # s/volume, GB
+    "infer2d_256": (67.0, None),  # MedSegDiff (pixel space), 15 steps x 4.5 s
+}
+TARGET = {"infer2d_512": (0.5, 0.6), "train2d_512": (8.0, 3.0), "infer3d_ref": (15.0, 2.0)}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up: allocator, oneDNN primitive cache
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# ---- scenarios (each runs in a fresh process) ------------------------------------------------
+def ceiling(repeats: int) -> dict:
+    """What the hardware gives PyTorch: a large matmul and a channels-last 3x3 convolution."""
+    a = torch.randn(2048, 2048)
+    mm = statistics.median(timed(lambda: a @ a, repeats + 2))
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 64, 256, 256).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        tc = statistics.median(timed(lambda: conv(x), repeats + 2))
+    conv_flops = 2 * 4 * 256 * 256 * 9 * 64 * 64
+    return {"matmul_gflops": 2 * 2048**3 / mm / 1e9, "conv_gflops": conv_flops / tc / 1e9}
+
+
+def _inference(spatial_dims: int, grid: tuple[int, ...], in_channels: int, num_classes: int,
+               batch: int, samples: int, repeats: int, model_cfg=None, compile: bool = False
+               ) -> dict:
+    from ldseg.config import ModelConfig
+    from ldseg.diffusion.schedule import NoiseSchedule
+    from ldseg.inference.runtime import prepare_for_inference
+    from ldseg.inference.sampling import segment_batch
+    from ldseg.model.networks import LDSeg
+
+    cfg = model_cfg or ModelConfig(spatial_dims=spatial_dims, in_channels=in_channels,
+                                   num_classes=num_classes)
+    model = LDSeg(cfg).eval()
+    memory_format = prepare_for_inference(model, compile=compile)
+    schedule = NoiseSchedule("cosine", 1000)
+    images = torch.randn(batch, in_channels, *grid)
+
+    def run():
+        with torch.inference_mode():
+            segment_batch(model, schedule, images, steps=15, samples=samples,
+                          generator=torch.Generator().manual_seed(0), memory_format=memory_format)
+
+    times = timed(run, repeats)
+    flops = count_flops(run) if not compile else None
+    sec = statistics.median(times) / batch
+    out = {"seconds_per_image": sec, "times": times, "peak_rss_gb": peak_rss_gb()}
+    if flops:
+        out["gflop_per_image"] = flops / batch / 1e9
+        out["achieved_gflops"] = flops / batch / sec / 1e9
+    return out
+
+
+def infer2d_512(repeats: int, compile: bool = False) -> dict:
+    return _inference(2, (512, 512), 3, 2, 4, 1, repeats, compile=compile)
+
+
+def infer2d_512_compiled(repeats: int) -> dict:
+    return infer2d_512(repeats, compile=True)
+
+
+def infer2d_256(repeats: int) -> dict:
+    return _inference(2, (256, 256), 1, 2, 4, 1, repeats)
+
+
+def infer2d_256_s8(repeats: int) -> dict:
+    return _inference(2, (256, 256), 1, 2, 4, 8, repeats)
+
+
+def infer3d_ref(repeats: int) -> dict:
+    """The 3D model at the reference (2D) widths, on the reference's 128x128x256 grid."""
+    return _inference(3, (128, 128, 256), 1, 2, 1, 1, repeats)
+
+
+def infer3d_default(repeats: int) -> dict:
+    from ldseg.training.plan import default_model
+
+    return _inference(3, (48, 48, 64), 1, 3, 1, 1, repeats, model_cfg=default_model(3, 1, 3))
+
+
+def train2d_512(repeats: int) -> dict:
+    """One real Trainer step (augmentation, forward, backward, Adam, EMA) at 512x512 RGB."""
+    import numpy as np
+    from PIL import Image
+
+    from ldseg.data.dataset import list_cases, load_dataset_spec, write_dataset_json
+    from ldseg.training.plan import plan_run
+    from ldseg.training.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "rgb512"
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        yy, xx = np.mgrid[:512, :512]
+        for i in range(4):
+            cy, cx, r = rng.uniform(150, 360, 2).tolist() + [rng.uniform(60, 120)]
+            label = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.uint8)
+            rgb = np.clip(rng.normal(120, 30, (512, 512, 3)) + 60 * label[..., None], 0, 255)
+            Image.fromarray(rgb.astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
+            Image.fromarray(label).save(root / "labelsTr" / f"c{i}.png")
+        write_dataset_json(root, {"0": "R", "1": "G", "2": "B"},
+                           {"background": 0, "object": 1}, 4, ".png")
+        spec = load_dataset_spec(root)
+        config = plan_run(spec, [(512, 512)] * 4, [(1.0, 1.0)] * 4, grid=(512, 512))
+        config.train.batch_size, config.train.val_fraction = 4, 0.0
+        trainer = Trainer(config, Path(tmp) / "run", list_cases(spec), [], progress_bar=False)
+        times = timed(lambda: trainer.train_step(0.5), repeats)
+    return {"seconds_per_step": statistics.median(times), "times": times,
+            "peak_rss_gb": peak_rss_gb()}
+
+
+SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_256, infer2d_256_s8,
+                                       infer3d_ref, infer3d_default, train2d_512,
+                                       infer2d_512_compiled)}
+
+
+# ---- driver ----------------------------------------------------------------------------------
+def run_scenario(name: str, repeats: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--scenario", name, "--repeats", str(repeats),
+           "--threads", str(threads)]
+    print(f"[speed] {name} ...", flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_report(results: dict, threads: int, repeats: int) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()
+    ceil = results.get("ceiling", {})
+    lines = [
+        "# Speed and memory (`benchmarks/speed.py`)", "",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads} threads. Commit {commit}. Median of {repeats} runs after a warm-up; "
+        "each scenario in its own process (peak RSS is the whole process, Python and torch "
+        "included).", "",
+        "Ceilings measured in the same run: matmul 2048^2 fp32 "
+        f"**{fmt(ceil.get('matmul_gflops'), 0)} GFLOP/s**, "
+        "channels-last 3x3 convolution 64->64 at 256^2 **"
+        f"{fmt(ceil.get('conv_gflops'), 0)} GFLOP/s**.", "",
+        "| scenario | measured | peak RSS GB | target | reference | speed-up | GFLOP/image "
+        "| GFLOP/s | % of conv ceiling |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, res in results.items():
+        if name == "ceiling":
+            continue
+        if "error" in res:
+            lines.append(f"| {name} | error: {res['error']} | | | | | | | |")
+            continue
+        sec = res.get("seconds_per_image", res.get("seconds_per_step"))
+        unit = "s/step" if "seconds_per_step" in res else "s/image"
+        ref = REFERENCE.get(name, (None, None))
+        tgt = TARGET.get(name)
+        tgt_s = f"<= {tgt[0]} s, <= {tgt[1]} GB" if tgt else "-"
+        ref_s = f"{ref[0]} s" + (f", {ref[1]} GB" if ref[1] else "") if ref[0] else "-"
+        speedup = f"{ref[0] / sec:.1f}x" if ref[0] else "-"
+        gfs = res.get("achieved_gflops")
+        pct = f"{100 * gfs / ceil['conv_gflops']:.0f}%" if gfs and ceil.get("conv_gflops") else "-"
+        lines.append(
+            f"| {name} | {sec:.3f} {unit} | {res['peak_rss_gb']:.2f} | {tgt_s} | {ref_s} | "
+            f"{speedup} | {fmt(res.get('gflop_per_image'), 1)} | {fmt(gfs, 1)} | {pct} |"
+        )
+    s1, s8 = results.get("infer2d_256", {}), results.get("infer2d_256_s8", {})
+    if "seconds_per_image" in s1 and "seconds_per_image" in s8:
+        ratio = s8["seconds_per_image"] / s1["seconds_per_image"]
+        lines += ["", f"`--samples 8` costs {ratio:.2f}x the time of 1 sample at 256x256 "
+                  "(one image-encoder pass shared by the 8)."]
+    lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    log = RESULTS.with_name("speed_log.md")
+    if log.is_file():
+        lines += [log.read_text()]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print(f"[speed] wrote {RESULTS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-write", action="store_true", help="print, do not write results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.scenario:  # child process
+        print(json.dumps(SCENARIOS[args.scenario](args.repeats)))
+        return
+    names = ["ceiling", *(args.only or [n for n in SCENARIOS if n != "ceiling"])]
+    results = {n: run_scenario(n, args.repeats, args.threads) for n in names}
+    for name, res in results.items():
+        print(name, json.dumps({k: v for k, v in res.items() if k != "times"}))
+    if not args.no_write:
+        write_report(results, args.threads, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

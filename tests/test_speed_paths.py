@@ -1,0 +1,103 @@
+"""The speed-ups compute the same thing: segmentations and gradients are unchanged by them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ldseg.config import ModelConfig
+from ldseg.diffusion.schedule import NoiseSchedule
+from ldseg.errors import LdsegError
+from ldseg.inference.runtime import prepare_for_inference, resolve_device
+from ldseg.inference.sampling import segment_batch
+from ldseg.model.networks import LDSeg
+
+
+def tiny(spatial_dims: int, in_channels: int = 2, num_classes: int = 3) -> ModelConfig:
+    return ModelConfig(
+        spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
+        label_encoder_widths=(8, 8, 8), image_encoder_stem=8, image_encoder_widths=(8, 8),
+        label_decoder_widths=(8, 8), denoiser_widths=(8, 8), denoiser_attention=(False, True),
+        denoiser_res_blocks=1, latent_channels=2, image_latent_channels=2,
+        attention_head_channels=8,
+    )
+
+
+def decisive_model(cfg: ModelConfig) -> LDSeg:
+    """A random model whose class logits are far apart, so that argmax ties (where float
+    rounding could flip a label either way) do not occur."""
+    torch.manual_seed(0)
+    model = LDSeg(cfg).eval()
+    with torch.no_grad():
+        model.label_decoder.out.weight.mul_(50)
+    return model
+
+
+def segment(model, images, memory_format=torch.contiguous_format, samples=2):
+    with torch.inference_mode():
+        out = segment_batch(model, NoiseSchedule("cosine", 1000), images, steps=4,
+                            samples=samples, generator=torch.Generator().manual_seed(3),
+                            memory_format=memory_format)
+    return out.mean_probs, out.sample_labels
+
+
+@pytest.mark.parametrize("dims,grid", [(2, (32, 48)), (3, (16, 16, 24))])
+def test_channels_last_and_inplace_paths_give_the_same_segmentation(dims, grid):
+    plain = decisive_model(tiny(dims))
+    fast = copy.deepcopy(plain)
+    memory_format = prepare_for_inference(fast)
+    assert fast.image_encoder.net[0].weight.is_contiguous(memory_format=memory_format)
+    images = torch.randn(2, 2, *grid, generator=torch.Generator().manual_seed(1))
+    probs_plain, samples_plain = segment(plain, images)
+    probs_fast, samples_fast = segment(fast, images, memory_format)
+    torch.testing.assert_close(probs_fast, probs_plain, atol=2e-4, rtol=0)
+    assert torch.equal(probs_fast.argmax(1), probs_plain.argmax(1))
+    assert torch.equal(samples_fast, samples_plain)
+    # the optimised path must not have modified the caller's tensor in place
+    assert torch.equal(images, torch.randn(2, 2, *grid, generator=torch.Generator().manual_seed(1)))
+
+
+def test_compiled_networks_give_the_same_segmentation():
+    plain = decisive_model(tiny(2))
+    fast = copy.deepcopy(plain)
+    memory_format = prepare_for_inference(fast, compile=True)
+    images = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(1))
+    probs_plain, _ = segment(plain, images, samples=1)
+    probs_fast, _ = segment(fast, images, memory_format, samples=1)
+    torch.testing.assert_close(probs_fast, probs_plain, atol=2e-4, rtol=0)
+    assert torch.equal(probs_fast.argmax(1), probs_plain.argmax(1))
+
+
+@pytest.mark.parametrize("dims,grid", [(2, (32, 32)), (3, (16, 16, 16))])
+def test_gradient_checkpointing_gives_the_same_gradients(dims, grid):
+    cfg = tiny(dims)
+    cfg.dropout = 0.1  # the recomputation must replay the same dropout masks
+    torch.manual_seed(0)
+    model = LDSeg(cfg).train()
+    checkpointed = copy.deepcopy(model)
+    checkpointed.set_gradient_checkpointing(True)
+    images = torch.randn(2, 2, *grid)
+    labels = torch.randint(0, 3, (2, *grid))
+    t = torch.tensor([10, 700])
+    grads = []
+    for net in (model, checkpointed):
+        torch.manual_seed(5)
+        z0 = net.label_encoder(labels)
+        eps_hat = net.denoiser(z0, net.image_encoder(images), t)
+        loss = net.label_decoder(eps_hat).square().mean() + eps_hat.square().mean()
+        loss.backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(LdsegError, match="not a device"):
+        resolve_device("toaster")
+    if not torch.cuda.is_available():
+        with pytest.raises(LdsegError, match="no CUDA GPU"):
+            resolve_device("cuda")
