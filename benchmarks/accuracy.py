@@ -1,0 +1,278 @@
+"""LDSeg against the deterministic baseline U-Net on the real sample data, same budget.
+
+Three tasks as in core_accuracy.py (knee MRI 3D, knee as 2D slices, GlaS 2D; train on cases
+1-4, test on case 5). Per task, LDSeg and `--model baseline` train for the same wall-clock
+budget with the same flags, then: `ldseg predict` (LDSeg with 1 and 8 samples, the baseline's
+softmax; mean probabilities saved for calibration), `ldseg evaluate` (per-class Dice and HD95
+in the original geometry, ECE, uncertainty-error overlap), and `ldseg robustness` on both
+models with the same noise. Writes benchmarks/results/accuracy.md.
+
+    python benchmarks/accuracy.py --parallel [--budget-minutes knee3d=60,knee2d=15,glas=20]
+
+`--parallel` runs the jobs as 1-thread processes, as many at once as there are cores, in the
+order knee3d LDSeg, knee3d baseline, knee2d ..., so that the two models of a task train side
+by side under the same load. `--report-only` rewrites the table from a finished WORK folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from ablations import run_jobs
+from core_accuracy import DATA, TASKS, import_dataset
+from provenance import ROOT, provenance
+
+from ldseg.files import atomic_write
+
+MODELS = ("ldseg", "baseline")
+SIGMA_REF, SIGMA_NOISY = 0.0, 0.1
+
+
+def default_budgets() -> dict[str, float]:
+    """core_accuracy.py's budget per task."""
+    return {task: float(spec["train"][spec["train"].index("--budget-minutes") + 1])
+            for task, spec in TASKS.items()}
+
+
+def parse_budgets(text: str, tasks: list[str]) -> dict[str, float]:
+    """`30` for every task, or `knee3d=60,knee2d=15,glas=20` (unnamed tasks keep defaults)."""
+    budgets = default_budgets()
+    if not text:
+        return {t: budgets[t] for t in tasks}
+    if "=" not in text:
+        return {t: float(text) for t in tasks}
+    for item in text.split(","):
+        name, value = item.split("=")
+        budgets[name.strip()] = float(value)
+    return {t: budgets[t] for t in tasks}
+
+
+def train_flags(task: str) -> list[str]:
+    flags = list(TASKS[task]["train"])
+    i = flags.index("--budget-minutes")
+    return flags[:i] + flags[i + 2:]
+
+
+# Prediction folder -> (model, samples); "ldseg_s8" takes --samples (8 by default).
+PREDICTIONS = {"ldseg_s1": ("ldseg", 1), "ldseg_s8": ("ldseg", 8), "baseline": ("baseline", 1)}
+
+
+def task_job(work: Path, task: str, model: str, budget: float, threads: int,
+             steps: int, ldseg_samples: int) -> str:
+    """Train one model of a task, then predict and evaluate with it: one shell chain."""
+    cli = f"{sys.executable} -m ldseg.cli"
+    dataset = work / "data" / TASKS[task]["dataset"]
+    run = work / "runs" / task / model
+    extra = " --model baseline" if model == "baseline" else ""
+    commands = [f"rm -rf {run}",
+                f"{cli} train {dataset} -o {run} --threads {threads} --no-progress "
+                f"{' '.join(train_flags(task))} --budget-minutes {budget:g}{extra}"]
+    for folder, (m, samples) in PREDICTIONS.items():
+        if m != model:
+            continue
+        samples = ldseg_samples if folder == "ldseg_s8" else samples
+        pred = work / "pred" / task / folder
+        commands += [
+            f"{cli} predict -m {run} -i {dataset}/imagesTs -o {pred} --steps {steps} "
+            f"--samples {samples} --save-probabilities --save-samples --overwrite --no-progress",
+            f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
+        ]
+    return " && ".join(commands)
+
+
+def robustness_job(work: Path, task: str, sigmas: str, steps: int, samples: int) -> str:
+    dataset = work / "data" / TASKS[task]["dataset"]
+    runs = " ".join(f"-m {work / 'runs' / task / m}" for m in MODELS)
+    return (f"{sys.executable} -m ldseg.cli robustness {runs} -d {dataset} "
+            f"-o {work / 'robustness' / task} --sigmas {sigmas} --steps {steps} "
+            f"--samples {samples} --no-progress")
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _steps(run: Path) -> str:
+    log = run / "log.csv"
+    return log.read_text().strip().splitlines()[-1].split(",")[1] if log.is_file() else "n/a"
+
+
+def _sigma_index(sigmas: list[float], sigma: float) -> int | None:
+    near = [i for i, s in enumerate(sigmas) if abs(s - sigma) < 1e-9]
+    return near[0] if near else None
+
+
+def task_results(work: Path, task: str) -> dict:
+    """Everything the tables need for one task, read from the run and output folders."""
+    out: dict = {"predictions": {}, "robustness": {}}
+    config = _load(work / "runs" / task / "ldseg" / "config.json")
+    out["grid"] = "x".join(map(str, config.get("preprocess", {}).get("grid", [])))
+    out["steps"] = {m: _steps(work / "runs" / task / m) for m in MODELS}
+    out["budgets"] = {m: _load(work / "runs" / task / m / "config.json").get("train", {})
+                      .get("budget_minutes") for m in MODELS}
+    for folder in PREDICTIONS:
+        summary = _load(work / "pred" / task / folder / "summary.json")
+        if summary:
+            out["predictions"][folder] = summary
+    rob = _load(work / "robustness" / task / "robustness.json")
+    if rob:
+        i0, i1 = (_sigma_index(rob["sigmas"], s) for s in (SIGMA_REF, SIGMA_NOISY))
+        for name, model in rob["models"].items():
+            d0 = model["dice"][i0] if i0 is not None else math.nan
+            d1 = model["dice"][i1] if i1 is not None else math.nan
+            out["robustness"][name] = {"dice0": d0, "dice1": d1, "loss": d0 - d1,
+                                       "curve": model["dice"]}
+        out["sigmas"] = rob["sigmas"]
+    return out
+
+
+def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps: int) -> str:
+    s8 = f"LDSeg, mean of {ldseg_samples}"
+    labels = {"ldseg_s1": "LDSeg, 1 sample", "ldseg_s8": s8, "baseline": "baseline U-Net"}
+    results = {t: task_results(work, t) for t in tasks}
+    lines = [
+        "# LDSeg vs a deterministic U-Net on the sample data", "",
+        provenance(threads),
+        "Training budget per task (LDSeg / baseline, wall clock): "
+        + ", ".join(f"{t} " + " / ".join(f"{b:g}" if b is not None else "n/a"
+                                         for b in results[t]["budgets"].values()) + " min"
+                    for t in tasks) + ". Train on cases 1-4, test "
+        f"case 5; LDSeg samples with {steps} DDIM steps; scores by `ldseg evaluate` in the "
+        "original geometry. The baseline is MONAI's UNet (`ldseg train --model baseline`) "
+        "through the same planning, grid, preprocessing, augmentation, EMA and budget.", "",
+        "## Accuracy", "",
+        "| task | model | training steps | grid | Dice per class | HD95 per class (mm) "
+        "| foreground Dice |", "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, r in results.items():
+        for folder, summary in r["predictions"].items():
+            names = summary.get("class_names", {})
+            mean = summary["mean"]
+            dice = ", ".join(f"{names.get(k, k)} {_fmt(v['Dice'])}" for k, v in mean.items())
+            hd95 = ", ".join(_fmt(v["HD95"], 1) for v in mean.values())
+            model = "baseline" if folder == "baseline" else "ldseg"
+            lines.append(f"| {task} | {labels[folder]} | {r['steps'][model]} | {r['grid']} | "
+                         f"{dice} | {hd95} | {_fmt(summary['foreground_mean']['Dice'])} |")
+    lines += ["", "## Calibration (expected calibration error, 15 bins, foreground classes)", "",
+              f"| task | ECE {s8} | ECE LDSeg, 1 sample | ECE baseline softmax | "
+              f"UEO {s8} | UEO baseline | {s8} better calibrated |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for task, r in results.items():
+        p = r["predictions"]
+        ece = {f: p[f]["foreground_mean"].get("ECE", math.nan) if f in p else math.nan
+               for f in labels}
+        ueo = {f: p[f].get("uncertainty_mean", {}).get("UEO", math.nan) if f in p else math.nan
+               for f in labels}
+        better = ("n/a" if not all(map(math.isfinite, (ece["ldseg_s8"], ece["baseline"])))
+                  else "yes" if ece["ldseg_s8"] < ece["baseline"] else "no")
+        lines.append(f"| {task} | {_fmt(ece['ldseg_s8'], 4)} | {_fmt(ece['ldseg_s1'], 4)} | "
+                     f"{_fmt(ece['baseline'], 4)} | {_fmt(ueo['ldseg_s8'])} | "
+                     f"{_fmt(ueo['baseline'])} | {better} |")
+    lines += ["", f"## Noise robustness (`ldseg robustness`, LDSeg 1 sample): foreground Dice "
+              f"loss at sigma {SIGMA_NOISY:g} relative to sigma {SIGMA_REF:g}", "",
+              "| task | model | Dice at 0 | Dice at 0.1 | loss | loss / Dice at 0 "
+              "| LDSeg loss / baseline loss |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for task, r in results.items():
+        rob = r["robustness"]
+        ratio = math.nan
+        if len(rob) == 2 and rob["baseline"]["loss"] > 0:
+            ratio = rob["ldseg"]["loss"] / rob["baseline"]["loss"]
+        for name, v in rob.items():
+            relative = v["loss"] / v["dice0"] if v["dice0"] > 0 else math.nan
+            lines.append(f"| {task} | {name} | {_fmt(v['dice0'])} | {_fmt(v['dice1'])} | "
+                         f"{_fmt(v['loss'])} | {_fmt(100 * relative, 1)} % | "
+                         f"{_fmt(ratio, 2) if name == 'ldseg' else ''} |")
+    curves = [(t, r) for t, r in results.items() if len(r.get("sigmas", [])) > 2]
+    if curves:
+        sigmas = curves[0][1]["sigmas"]
+        lines += ["", "Full curves, mean foreground Dice per sigma:", "",
+                  "| task | model | " + " | ".join(f"{s:g}" for s in sigmas) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
+        for task, r in curves:
+            for name, v in r["robustness"].items():
+                lines.append(f"| {task} | {name} | " + " | ".join(_fmt(d) for d in v["curve"])
+                             + " |")
+    lines += ["", "## The issue's targets", ""]
+    for task, r in results.items():
+        p, rob = r["predictions"], r["robustness"]
+        checks = []
+        if "ldseg_s1" in p and "baseline" in p:
+            d_l, d_b = (p[f]["foreground_mean"]["Dice"] for f in ("ldseg_s1", "baseline"))
+            checks.append(f"Dice {_fmt(d_l)} vs baseline {_fmt(d_b)} "
+                          f"({'met' if d_l >= d_b - 0.01 else 'NOT met'}: >= baseline - 0.01)")
+        if len(rob) == 2:
+            lo_l, lo_b = rob["ldseg"]["loss"], rob["baseline"]["loss"]
+            checks.append(f"loss at 0.1 {_fmt(lo_l)} vs baseline {_fmt(lo_b)} "
+                          f"({'met' if lo_l <= 0.5 * max(lo_b, 0.0) else 'NOT met'}: "
+                          "<= half the baseline's)")
+        if "ldseg_s8" in p and "baseline" in p:
+            e_l = p["ldseg_s8"]["foreground_mean"].get("ECE", math.nan)
+            e_b = p["baseline"]["foreground_mean"].get("ECE", math.nan)
+            checks.append(f"ECE {_fmt(e_l, 4)} vs baseline {_fmt(e_b, 4)} "
+                          f"({'met' if e_l < e_b else 'NOT met'}: lower)")
+        lines.append(f"- {task}: " + "; ".join(checks))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="knee3d,knee2d,glas")
+    parser.add_argument("--budget-minutes", default="",
+                        help="minutes per task for each model: 30, or knee3d=60,knee2d=15,... "
+                             "(default: core_accuracy.py's)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run jobs side by side, one thread each")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads per process (default: 1 with --parallel, else all cores)")
+    parser.add_argument("--sigmas", default="0:0.2:0.02",
+                        help="robustness noise levels; must include 0 and 0.1")
+    parser.add_argument("--steps", type=int, default=15, help="LDSeg sampling steps")
+    parser.add_argument("--samples", type=int, default=8,
+                        help="LDSeg samples for the uncertainty prediction")
+    parser.add_argument("--robustness-samples", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--work", type=Path, default=ROOT / "work_dirs" / "accuracy")
+    parser.add_argument("--output", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "accuracy.md")
+    args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    budgets = parse_budgets(args.budget_minutes, tasks)
+    cores = os.cpu_count() or 1
+    threads = args.threads or (1 if args.parallel else cores)
+    jobs = max(1, cores // threads) if args.parallel else 1
+    if not args.report_only:
+        if not DATA.is_dir():
+            sys.exit(f"sample data not found at {DATA}")
+        for task in tasks:
+            import_dataset(args.work, TASKS[task]["dataset"], *TASKS[task]["data"])
+        train = {f"{t}_{m}": ["bash", "-c", task_job(args.work, t, m, budgets[t], threads,
+                                                    args.steps, args.samples)]
+                 for t in tasks for m in MODELS}
+        codes = run_jobs(train, jobs, args.work / "logs")
+        rob = {f"{t}_robustness": ["bash", "-c", robustness_job(
+            args.work, t, args.sigmas, args.steps, args.robustness_samples)]
+            for t in tasks if not codes[f"{t}_ldseg"] and not codes[f"{t}_baseline"]}
+        codes |= run_jobs(rob, jobs, args.work / "logs")
+        if any(codes.values()):
+            print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
+    text = report(args.work, tasks, threads, args.samples, args.steps)
+    with atomic_write(args.output) as tmp:
+        tmp.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
