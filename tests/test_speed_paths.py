@@ -12,7 +12,7 @@ from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
 from ldseg.inference.runtime import prepare_for_inference, resolve_device
 from ldseg.inference.sampling import segment_batch
-from ldseg.model.networks import LDSeg
+from ldseg.model.networks import LDSeg, upsample_conv
 
 
 def tiny(spatial_dims: int, in_channels: int = 2, num_classes: int = 3) -> ModelConfig:
@@ -53,8 +53,12 @@ def test_channels_last_and_inplace_paths_give_the_same_segmentation(dims, grid):
     probs_plain, samples_plain = segment(plain, images)
     probs_fast, samples_fast = segment(fast, images, memory_format)
     torch.testing.assert_close(probs_fast, probs_plain, atol=2e-4, rtol=0)
-    assert torch.equal(probs_fast.argmax(1), probs_plain.argmax(1))
-    assert torch.equal(samples_fast, samples_plain)
+    assert torch.equal(samples_fast, samples_plain)  # every sample's label map
+    # The mean of two samples that disagree is an exact 50/50 tie; elsewhere labels agree.
+    top2 = probs_plain.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4
+    assert clear.float().mean() > 0.5
+    assert torch.equal(probs_fast.argmax(1)[clear], probs_plain.argmax(1)[clear])
     # the optimised path must not have modified the caller's tensor in place
     assert torch.equal(images, torch.randn(2, 2, *grid, generator=torch.Generator().manual_seed(1)))
 
@@ -101,3 +105,18 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(LdsegError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_upsample_conv_is_conv_of_the_nearest_upsampling(dims):
+    """The decoder's phase-split convolution computes exactly conv(upsample(x)), gradients too
+    (float64, so that only the summation order could differ)."""
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(5, 7, 3, padding=1).double()
+    x = torch.randn(2, 5, *(6, 9, 4)[:dims], dtype=torch.float64, requires_grad=True)
+    reference = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    fast = upsample_conv(x, conv)
+    torch.testing.assert_close(fast, reference, atol=1e-12, rtol=0)
+    grads_ref = torch.autograd.grad(reference.square().sum(), [x, conv.weight, conv.bias])
+    grads_fast = torch.autograd.grad(fast.square().sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-12)

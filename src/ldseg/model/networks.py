@@ -8,6 +8,8 @@ Label decoder f_ld: latent -> class logits at full resolution.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import SpatialAttentionBlock
@@ -169,6 +171,36 @@ class Denoiser(nn.Module):
         return eps[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
 
+def upsample_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """conv(nearest 2x upsampling of x) for a 3-tap, padding-1 conv, without the upsampling.
+
+    On the nearest-upsampled grid the three taps of an axis read only two distinct low-res
+    values, so each of the 2^d output phases is a 2-tap conv of x with summed weights: the
+    same function (up to float rounding), 9/4 (2D) or 27/8 (3D) times fewer multiply-adds,
+    and the 2^d-times larger upsampled tensor is never built (1 GB at 128x128x256).
+    """
+    d = x.ndim - 2
+    weights = [conv.weight]
+    for dim in range(2, 2 + d):  # phase 0 reads offsets (-1, 0), phase 1 reads (0, +1)
+        split = [(w.narrow(dim, 0, 1), w.narrow(dim, 1, 1), w.narrow(dim, 2, 1)) for w in weights]
+        weights = [phase for lo, mid, hi in split
+                   for phase in (torch.cat([lo, mid + hi], dim), torch.cat([lo + mid, hi], dim))]
+    sizes = x.shape[2:]
+    layout = (torch.channels_last if d == 2 else torch.channels_last_3d)
+    fmt = layout if x.is_contiguous(memory_format=layout) and not x.is_contiguous() else (
+        torch.contiguous_format)
+    out = torch.empty((x.shape[0], conv.out_channels, *(2 * n for n in sizes)), dtype=x.dtype,
+                      device=x.device, memory_format=fmt)
+    padded = F.pad(x, [1, 1] * d)
+    conv_nd = F.conv2d if d == 2 else F.conv3d
+    for weight, phases in zip(weights, itertools.product((0, 1), repeat=d), strict=True):
+        window = padded[(slice(None), slice(None), *(slice(a, a + n + 1)
+                                                      for a, n in zip(phases, sizes, strict=True)))]
+        out[(slice(None), slice(None), *(slice(a, None, 2) for a in phases))] = conv_nd(
+            window, weight, conv.bias)
+    return out
+
+
 class LabelDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -189,7 +221,7 @@ class LabelDecoder(nn.Module):
         h = self.stem(z)
         inplace = not torch.is_grad_enabled()
         for up, block in zip(self.ups, self.blocks, strict=True):
-            h = F.silu(up(F.interpolate(h, scale_factor=2, mode="nearest")), inplace=inplace)
+            h = F.silu(upsample_conv(h, up), inplace=inplace)
             h = block(h)
         return self.out(h)
 
