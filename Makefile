@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ldseg demo -o demo_output/$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+# The report tests open reports in Debian's headless Chromium (Playwright drives it; no
+# browser download).
+chromium:
+	@command -v chromium >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$S apt-get update -q && $$S apt-get install -y -q chromium; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -443,6 +443,33 @@ def test_3d_case_with_anisotropic_spacing() -> None:
     assert same["1"]["HD95"] == 0.0 and same["2"]["NSD"] == 1.0
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecated argument
+def test_3d_anisotropic_hand_computed_with_a_miss_and_an_empty_reference() -> None:
+    # 4x5x6 voxels of 3 x 1 x 0.5 mm. Class 1: one reference voxel at (1, 1, 1), one predicted
+    # at (2, 1, 3): 1 voxel (3 mm) and 2 voxels (1 mm) apart -> every boundary distance is
+    # sqrt(3^2 + 1^2). Class 2 is missed, class 3 predicted where the reference has none:
+    # both score the diagonal sqrt(12^2 + 5^2 + 3^2).
+    ref = np.zeros((4, 5, 6), dtype=np.uint8)
+    ref[1, 1, 1] = 1
+    ref[3, 4, 5] = 2
+    pred = np.zeros_like(ref)
+    pred[2, 1, 3] = 1
+    pred[0, 4, 0] = 3
+    spacing = (3.0, 1.0, 0.5)
+    m = case_metrics(pred, ref, [1, 2, 3], spacing=spacing, nsd_tolerance_mm=3.2)
+    assert m["1"]["HD95"] == _approx(math.sqrt(10)) and m["1"]["ASSD"] == _approx(math.sqrt(10))
+    assert m["1"]["NSD"] == 1.0 and m["1"]["Dice"] == 0.0 and m["1"]["IoU"] == 0.0
+    assert m["1"]["VolumeRef_mm3"] == m["1"]["VolumePred_mm3"] == 1.5
+    assert m["1"]["VolumeDifference"] == 0.0
+    assert case_metrics(pred, ref, [1], spacing=spacing)["1"]["NSD"] == 0.0  # 1 mm tolerance
+    diagonal = math.sqrt(12.0**2 + 5.0**2 + 3.0**2)
+    for label in ("2", "3"):
+        assert m[label]["HD95"] == m[label]["ASSD"] == pytest.approx(diagonal), label
+        assert m[label]["Dice"] == m[label]["NSD"] == 0.0, label
+    assert m["2"]["VolumeDifference"] == -1.0 and math.isnan(m["3"]["VolumeDifference"])
+    assert m["3"]["VolumePred_mm3"] == 1.5 and m["3"]["FP"] == 1
+
+
 def test_spacing_and_tolerance_are_checked() -> None:
     pred, ref = _squares()
     for spacing in ((1.0,), (1.0, 0.0), (1.0, -2.0), (1.0, math.nan), "ab"):

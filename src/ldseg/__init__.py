@@ -8,6 +8,7 @@ The pipeline, one folder per stage: `data` (IO, datasets, import, preprocessing,
 from ldseg.data.importer import import_paired_folders
 from ldseg.errors import LdsegError
 from ldseg.evaluation.metrics import evaluate_folders
+from ldseg.evaluation.robustness import run_robustness
 from ldseg.inference.predictor import Segmentation, Segmenter, predict_folder
 from ldseg.training.trainer import train
 
@@ -19,5 +20,6 @@ __all__ = [
     "evaluate_folders",
     "import_paired_folders",
     "predict_folder",
+    "run_robustness",
     "train",
 ]

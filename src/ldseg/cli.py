@@ -1,4 +1,5 @@
-"""`ldseg` command line: import | check | train | predict | evaluate | demo | info.
+"""`ldseg` command line: import | check | train | predict | evaluate | robustness | demo | info
+| report.
 
 A user-fixable problem (`LdsegError`) is printed as one line and exits with status 1; `--debug`
 shows the traceback instead.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from ldseg.errors import LdsegError
+from ldseg.errors import LdsegError, LdsegWarning
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -32,6 +34,10 @@ def _add_train(sub) -> None:
     p.add_argument("dataset", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a non-empty --output (replaces an earlier run's files)")
+    p.add_argument("--allow-nan", action="store_true",
+                   help="replace NaN/Inf in images (with a warning) instead of refusing them")
     p.add_argument("--dims", type=int, choices=(2, 3), help="model dims (2 on 3D data: slices)")
     p.add_argument("--slice-axis", type=int, default=-1, help="array axis cut for --dims 2")
     p.add_argument("--grid", type=_ints, default=(), help="model grid, e.g. 256,256")
@@ -48,6 +54,8 @@ def _add_train(sub) -> None:
     g.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    g.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute activations in backward: less memory, ~1/3 more time")
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.add_argument("--val-cases", type=_names, default=(), help="comma-separated case names")
     g.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
@@ -55,6 +63,9 @@ def _add_train(sub) -> None:
                    help="spatial axes to mirror at random (default: all in 2D, none in 3D)")
     g.add_argument("--no-intensity-augment", action="store_true")
     m = p.add_argument_group("model and diffusion")
+    m.add_argument("--model", choices=("ldseg", "baseline"), default="ldseg",
+                   help="baseline: a deterministic MONAI U-Net (Dice + CE loss) "
+                        "trained through the same pipeline, for comparisons")
     m.add_argument("--latent-channels", type=int)
     m.add_argument("--norm", choices=("group", "batch"))
     m.add_argument("--label-input", choices=("onehot", "integer"))
@@ -65,6 +76,24 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_robustness(sub) -> None:
+    p = sub.add_parser("robustness", help="Dice and HD95 against Gaussian image noise, per model")
+    p.add_argument("-m", "--model", type=Path, action="append", required=True, dest="models",
+                   metavar="RUN", help="run folder; repeat for more models (same noise)")
+    p.add_argument("-d", "--dataset", type=Path, required=True, help="nnU-Net raw dataset")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--sigmas", default="0:0.2:0.02",
+                   help="noise levels on the [0,1]-scaled image: start:stop:step or a,b,c")
+    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=_names, default=(),
+                   help="comma-separated cases (default: imagesTs/labelsTs)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment a folder of images")
     p.add_argument("-m", "--model", type=Path, required=True, help="run folder or model file")
@@ -72,13 +101,48 @@ def _add_predict(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's, 15)")
     p.add_argument("--eta", type=float, help="0 = DDIM, 1 = DDPM")
-    p.add_argument("--samples", type=int, default=1, help="> 1 also writes uncertainty")
+    p.add_argument("--samples", type=int, default=1,
+                   help="> 1 also writes uncertainty/ (entropy) and disagreement/")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="write mean class probabilities to probabilities/{case}.npz")
+    p.add_argument("--save-samples", action="store_true",
+                   help="write each sample's label map to samples/{case}/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N or auto (the GPU when there is one)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 mixed precision (for GPUs; slower on most CPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the full-resolution networks (pays off on long folders)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-nan", action="store_true",
+                   help="replace NaN/Inf in images (with a warning) instead of refusing them")
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--report", action="store_true", help="also write OUTPUT/report.html")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report of predictions or a run")
+    p.add_argument("folder", type=Path, help="prediction folder (ldseg predict) or run folder")
+    p.add_argument("-o", "--output", type=Path, help="HTML file (default: FOLDER/report.html)")
+    p.add_argument("-r", "--reference", type=Path, help="reference label maps: metrics, errors")
+    p.add_argument("-m", "--model", type=Path,
+                   help="run folder or model file (default: the one in prediction.json)")
+    p.add_argument("-d", "--dataset-json", type=Path,
+                   help="dataset.json: class and channel names; images from imagesTs/imagesTr")
+    p.add_argument("-i", "--images", type=Path,
+                   help="the segmented images (default: the input in prediction.json)")
+    p.add_argument("--summary", type=Path, help="summary.json (default: FOLDER/summary.json)")
+    p.add_argument("--robustness", type=Path,
+                   help="robustness.csv/.json or the output folder of ldseg robustness")
+    p.add_argument("--png", type=Path, metavar="DIR", help="also write the pictures as PNG files")
+    p.add_argument("--max-cases", type=int, default=20, help="cases shown, worst first")
+    p.add_argument("--max-slices", type=int, default=32, help="slider slices per 3D plane")
+    p.add_argument("--no-diffusion", action="store_true",
+                   help="leave out the reverse diffusion (it runs the model once)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="summary.json path")
     p.add_argument("--nsd-tolerance", type=float, default=1.0,
                    help="surface Dice tolerance in mm")
+    p.add_argument("--ece-bins", type=int, default=15,
+                   help="calibration bins (with probabilities/ from predict)")
+    p.add_argument("--ueo-threshold", type=float, default=0.5,
+                   help="fixed threshold of entropy / log K for the uncertainty-error overlap")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html next to summary.json")
+    _add_robustness(sub)
 
     p = sub.add_parser("demo", help="synthetic data -> train -> predict -> evaluate")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
@@ -122,11 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a trained run")
     p.add_argument("model", type=Path)
+    _add_report(sub)
     return parser
 
 
 def _cmd_train(args) -> None:
     from ldseg.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+    from ldseg.training.distributed import rank_from_env
     from ldseg.training.plan import default_model
     from ldseg.training.trainer import train
 
@@ -136,49 +209,62 @@ def _cmd_train(args) -> None:
         val_every=args.val_every, val_fraction=args.val_fraction, val_cases=args.val_cases,
         flip_axes=args.flip_axes if args.flip_axes is not None else (),
         intensity_augment=not args.no_intensity_augment, seed=args.seed,
-        num_threads=args.threads,
+        num_threads=args.threads, gradient_checkpointing=args.grad_checkpoint,
     )
     dc = DiffusionConfig(schedule=args.schedule, denoised_rule=args.denoised_rule,
                          shared_noise=args.shared_noise, sampling_steps=args.steps)
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}
-    if overrides:
+    if overrides or args.model != "ldseg":
         from ldseg.data.dataset import load_dataset_spec
 
         spec = load_dataset_spec(args.dataset)
-        model = default_model(args.dims or spec.spatial_dims, spec.num_channels, spec.num_classes)
+        model = default_model(args.dims or spec.spatial_dims, spec.num_channels, spec.num_classes,
+                              architecture=args.model)
         for k, v in overrides.items():
             setattr(model, k, v)
         if args.latent_channels:
             model.image_latent_channels = args.latent_channels
     if args.resume:
         state = train(args.dataset, args.output, RunConfig(train=tc), resume=True,
-                      progress_bar=not args.no_progress)
+                      progress_bar=not args.no_progress, allow_nan=args.allow_nan)
     else:
         state = train(args.dataset, args.output, resume=False, progress_bar=not args.no_progress,
-                      dims=args.dims, grid=args.grid, max_voxels=args.max_voxels,
+                      overwrite=args.overwrite, allow_nan=args.allow_nan, dims=args.dims,
+                      grid=args.grid, max_voxels=args.max_voxels,
                       slice_axis=args.slice_axis, model=model, diffusion=dc, train=tc,
                       auto_flips=args.flip_axes is None, keep_aspect=not args.no_keep_aspect)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
-    print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "
-          f"Dice {best}; run folder: {args.output}")
+    if rank_from_env() == 0:  # under torchrun every rank holds the same result
+        print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "
+              f"Dice {best}; run folder: {args.output}")
 
 
 def _cmd_predict(args) -> None:
     from ldseg.inference.predictor import copy_run_config, predict_folder
+    from ldseg.training.distributed import session
 
     if args.samples < 1:
         raise LdsegError("--samples must be at least 1")
-    written = predict_folder(
-        args.model, args.input, args.output, steps=args.steps, eta=args.eta,
-        samples=args.samples, seed=args.seed, checkpoint=args.checkpoint, device=args.device,
-        overwrite=args.overwrite, pictures=not args.no_pictures,
-        progress_bar=not args.no_progress,
-    )
+    with session(use_cuda=False) as dist:  # under torchrun: each rank takes every N-th case
+        written = predict_folder(
+            args.model, args.input, args.output, steps=args.steps, eta=args.eta,
+            samples=args.samples, seed=args.seed, checkpoint=args.checkpoint, device=args.device,
+            bf16=args.bf16, compile=args.compile, overwrite=args.overwrite,
+            pictures=not args.no_pictures,
+            progress_bar=not args.no_progress and dist.is_main,
+            save_probabilities=args.save_probabilities, save_samples=args.save_samples,
+            allow_nan=args.allow_nan, dist=dist,
+        )
+    who = f"rank {dist.rank}: " if dist.enabled else ""  # each rank wrote its share
+    print(f"{who}wrote {len(written)} segmentation(s) to {args.output}")
+    if not dist.is_main:
+        return
     if args.model.is_dir():
         copy_run_config(args.model, args.output)
-    print(f"wrote {len(written)} segmentation(s) to {args.output}")
+    if args.report:
+        _write_report(args.output)
 
 
 def _cmd_evaluate(args) -> None:
@@ -193,10 +279,26 @@ def _cmd_evaluate(args) -> None:
     if args.dataset_json:
         labels, names = load_dataset_labels(args.dataset_json)
     summary = evaluate_folders(args.prediction, args.reference, labels=labels, class_names=names,
-                               output_file=args.output, nsd_tolerance_mm=args.nsd_tolerance)
+                               output_file=args.output, nsd_tolerance_mm=args.nsd_tolerance,
+                               ece_bins=args.ece_bins, ueo_threshold=args.ueo_threshold)
     print(format_table(summary))
     out = args.output or args.prediction / "summary.json"
     print(f"summary: {out} and {csv_path_for(out)}")
+    if args.report:
+        _write_report(args.prediction, Path(out).parent / "report.html", summary=out,
+                      reference=args.reference, dataset_json=args.dataset_json)
+
+
+def _cmd_robustness(args) -> None:
+    from ldseg.evaluation.robustness import format_robustness, run_robustness
+
+    result = run_robustness(args.models, args.dataset, args.output, sigmas=args.sigmas,
+                            samples=args.samples, steps=args.steps, seed=args.seed,
+                            cases=args.cases, checkpoint=args.checkpoint, device=args.device,
+                            progress_bar=not args.no_progress)
+    print(result["note"])
+    print(format_robustness(result))
+    print(f"wrote robustness.json, robustness.csv and robustness.png to {args.output}")
 
 
 def _cmd_import(args) -> None:
@@ -236,12 +338,39 @@ def _cmd_info(args) -> None:
 
     seg = Segmenter.load(args.model)
     counts = seg.model.parameter_counts()
-    print(json.dumps({"parameters": counts, "total": sum(counts.values()),
-                      "config": to_dict(seg.config)}, indent=2))
+    print(json.dumps({"architecture": seg.config.model.architecture, "parameters": counts,
+                      "total": sum(counts.values()), "config": to_dict(seg.config)}, indent=2))
+
+
+def _write_report(folder: Path, output: Path | None = None, **options) -> None:
+    from ldseg.reporting import build_report
+
+    print(f"report: {build_report(folder, output, **options)}")
+
+
+def _cmd_report(args) -> None:
+    _write_report(args.folder, args.output, reference=args.reference, model=args.model,
+                  dataset_json=args.dataset_json, images=args.images, summary=args.summary,
+                  robustness=args.robustness,
+                  png_dir=args.png, max_cases=args.max_cases, max_slices=args.max_slices,
+                  diffusion=not args.no_diffusion, checkpoint=args.checkpoint)
+    if args.png:
+        print(f"pictures: {args.png}")
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, *args, **kwargs) -> str:
+    """ldseg's own warnings as one line, like its errors; others as Python prints them."""
+    if issubclass(category, LdsegWarning):
+        return f"ldseg: warning: {message}\n"
+    return _python_format_warning(message, category, *args, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         if args.command == "train":
             _cmd_train(args)
@@ -259,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.output, minutes=args.minutes, seed=args.seed, threads=args.threads)
         elif args.command == "info":
             _cmd_info(args)
+        elif args.command == "robustness":
+            _cmd_robustness(args)
+        elif args.command == "report":
+            _cmd_report(args)
     except LdsegError as exc:
         if args.debug:
             raise

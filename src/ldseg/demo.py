@@ -1,7 +1,8 @@
 """`ldseg demo`: the main job on built-in data, start to finish, in a few minutes on a CPU.
 
 Synthetic 2D multi-class dataset -> train LDSeg -> segment the held-out cases with
-uncertainty -> evaluate -> pictures, next to a per-class Otsu threshold as a sanity baseline.
+uncertainty -> evaluate -> pictures and an HTML report, next to a per-class Otsu threshold as
+a sanity baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ldseg.data.synthetic import best_assignment_dice, otsu_baseline, write_synt
 from ldseg.errors import LdsegError
 from ldseg.evaluation.metrics import evaluate_folders, format_table
 from ldseg.inference.predictor import predict_folder
+from ldseg.reporting import build_report
 from ldseg.training.plan import default_model
 from ldseg.training.trainer import train
 
@@ -72,6 +74,8 @@ def run_demo(output: Path, *, minutes: float = 10.0, seed: int = 0,
     print(format_table(summary))
     otsu = otsu_foreground_dice(dataset / "imagesTs", dataset / "labelsTs", spec.file_ending,
                                 spec.num_classes)
+    report = build_report(predictions, output / "report.html", reference=dataset / "labelsTs",
+                          dataset_json=dataset / "dataset.json")
     dice = float(summary["foreground_mean"]["Dice"])
     print(f"\nLDSeg foreground Dice {dice:.3f} vs. per-class Otsu threshold {otsu:.3f} "
           f"({state.step} training steps, {(time.monotonic() - t0) / 60:.1f} min in all)")
@@ -79,4 +83,5 @@ def run_demo(output: Path, *, minutes: float = 10.0, seed: int = 0,
     print(f"  segmentations:   {predictions}  uncertainty maps: {predictions / 'uncertainty'}")
     print(f"  pictures:        {predictions / 'pictures'}")
     print(f"  metrics:         {predictions / 'summary.json'}")
+    print(f"  report:          {report}  (open it in a browser)")
     return {"dice": dice, "otsu_dice": otsu, "steps": state.step}

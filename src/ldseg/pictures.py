@@ -17,6 +17,13 @@ CLASS_COLOURS = np.array([
     [0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66],
     [0, 114, 178], [213, 94, 0], [204, 121, 167],
 ], dtype=np.float32) / 255.0
+# Error maps, also Okabe-Ito: vermillion and blue are the pair that stays distinct in every
+# common colour-vision deficiency; yellow marks structure given the wrong foreground class.
+ERROR_COLOURS = {
+    "false positive": np.array([213, 94, 0], np.float32) / 255.0,
+    "false negative": np.array([0, 114, 178], np.float32) / 255.0,
+    "wrong class": np.array([240, 228, 66], np.float32) / 255.0,
+}
 
 
 def _save(fig, path: Path) -> None:
@@ -28,6 +35,11 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:
+    _save(training_curves_figure(history), path)
+
+
+def training_curves_figure(history: list[dict]):
+    """Loss terms and validation Dice per epoch (rows of log.csv); the caller closes it."""
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key in ("loss", "ce", "dice_loss", "noise_mse"):
@@ -49,7 +61,9 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     ax2.set_title("validation Dice (sampled)")
     if val_keys:
         ax2.legend(fontsize=8)
-    _save(fig, path)
+    else:
+        ax2.text(0.5, 0.5, "no validation cases", ha="center", transform=ax2.transAxes)
+    return fig
 
 
 def _display(image: np.ndarray) -> np.ndarray:

@@ -347,10 +347,11 @@ class _ImageInfo:
     geometry: Geometry
 
 
-def check_dataset(spec: DatasetSpec, split: str = "Tr") -> list[str]:
+def check_dataset(spec: DatasetSpec, split: str = "Tr", allow_nan: bool = False) -> list[str]:
     """Every problem of a split as one-line "path: problem" strings; [] means it is usable.
 
     Each file is read once. A missing `imagesTs` is not a problem (test cases are optional).
+    NaN/Inf in an image is one unless `allow_nan` (training then replaces them).
     """
     images_dir, labels_dir = _split_folders(spec, split)
     if not images_dir.is_dir():
@@ -381,15 +382,20 @@ def check_dataset(spec: DatasetSpec, split: str = "Tr") -> list[str]:
                 else:
                     label_files[stem] = path
 
+    present: set[int] = set()  # label values found in all label maps
     for name in sorted(groups):
-        reference = _check_case_images(spec, images_dir, name, groups[name], problems)
+        reference = _check_case_images(spec, images_dir, name, groups[name], problems,
+                                       allow_nan)
         if not labels_found:
             continue
         if name not in label_files:
             problems.append(f"{labels_dir / (name + spec.file_ending)}: missing label "
                             f"for case '{name}'")
         else:
-            _check_label(spec, label_files[name], reference, problems)
+            present |= _check_label(spec, label_files[name], reference, problems)
+    if present == {0}:
+        problems.append(f"{labels_dir}: every label map is background only (0); there is "
+                        f"nothing to learn (dataset.json declares {', '.join(spec.class_names)})")
     return problems
 
 
@@ -430,7 +436,8 @@ def _tiff_frames(path: Path) -> int:
 
 
 def _check_case_images(
-    spec: DatasetSpec, images_dir: Path, name: str, files: dict[int, Path], problems: list[str]
+    spec: DatasetSpec, images_dir: Path, name: str, files: dict[int, Path], problems: list[str],
+    allow_nan: bool = False,
 ) -> _ImageInfo | None:
     """Check a case's channel files; return its first readable image to compare the label with."""
     infos: list[_ImageInfo] = []
@@ -438,6 +445,11 @@ def _check_case_images(
         result = _read_for_check(files[index], spec, problems)
         if result is not None:
             array, geometry = result
+            if not allow_nan and np.issubdtype(array.dtype, np.floating):
+                count = int((~np.isfinite(array)).sum())
+                if count:
+                    problems.append(f"{files[index]}: image contains NaN or Inf values ({count} "
+                                    "voxels); fix the file, or pass --allow-nan to replace them")
             infos.append(_ImageInfo(files[index], array.shape[0], array.shape[1:], geometry))
 
     last = max(files)
@@ -471,10 +483,11 @@ def _check_case_images(
 
 def _check_label(
     spec: DatasetSpec, path: Path, image: _ImageInfo | None, problems: list[str]
-) -> None:
+) -> set[int]:
+    """Check a label file; return the label values it holds (empty if unusable)."""
     result = _read_for_check(path, spec, problems)
     if result is None:
-        return
+        return set()
     label, geometry = result
     if label.shape[0] != 1:
         problems.append(f"{path}: label has {label.shape[0]} channels, expected 1")
@@ -491,12 +504,13 @@ def _check_label(
     if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
         problems.append(f"{path}: label has non-integer values "
                         f"({_format_values(v for v in values if v != round(v))})")
-        return
+        return set()
     undeclared = [v for v in values if not 0 <= v < spec.num_classes]
     if undeclared:
         problems.append(f"{path}: label values {_format_values(undeclared)} are not among the "
                         f"declared labels 0..{spec.num_classes - 1} "
                         f"({', '.join(spec.class_names)})")
+    return {int(v) for v in values}
 
 
 def geometry_difference(a: Geometry, b: Geometry, rtol: float = 1e-4) -> str:

@@ -9,13 +9,14 @@ original grid and only then turned into labels, which keeps boundaries smooth.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldseg.errors import LdsegError
+from ldseg.errors import LdsegError, LdsegWarning
 
 DEFAULT_GRID_VOXELS = {2: 256 * 256, 3: 48 * 48 * 64}
 
@@ -81,6 +82,32 @@ def _pad_to_grid(x: torch.Tensor, placement: Placement, grid: tuple[int, ...], v
     for g, r, o in reversed(list(axes)):
         pads += [o, g - r - o]
     return F.pad(x, pads, value=value) if any(pads) else x
+
+
+def finite_image(image: np.ndarray, source: str, allow_nan: bool = False) -> np.ndarray:
+    """Refuse NaN/Inf (they poison the percentiles and every gradient), or with `allow_nan`
+    replace NaN and -Inf by the channel's finite minimum and +Inf by its maximum, with a warning.
+
+    The minimum because NaN usually marks voxels outside the field of view, i.e. background.
+    """
+    if not np.issubdtype(image.dtype, np.floating):
+        return image
+    bad = ~np.isfinite(image)
+    count = int(bad.sum())
+    if count == 0:
+        return image
+    if not allow_nan:
+        raise LdsegError(f"{source}: image contains NaN or Inf values ({count} voxels); fix the "
+                         "file, or pass --allow-nan to replace them")
+    out = image.copy()
+    for channel in out:
+        finite = channel[np.isfinite(channel)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        channel[np.isnan(channel) | np.isneginf(channel)] = lo
+        channel[np.isposinf(channel)] = hi
+    warnings.warn(f"{source}: replaced {count} NaN/Inf voxel(s) by the channel's finite "
+                  "minimum/maximum (--allow-nan)", LdsegWarning, stacklevel=2)
+    return out
 
 
 def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]) -> np.ndarray:

@@ -38,6 +38,13 @@ Rules for empty masks:
   a class that is NaN in every case makes it NaN, as in nnU-Net;
 - NaN is written as JSON's non-standard `NaN` literal (Python's `json` default, as nnU-Net
   does); `load_summary` and any `json.load` read it back. `summary.csv` writes `NaN` too.
+
+When the prediction folder holds `ldseg predict`'s uncertainty outputs, `evaluate_folders`
+adds (definitions in `ldseg.evaluation.uncertainty`): `ECE` per foreground class beside Dice
+(from `probabilities/`), and per case an `uncertainty` entry with `UEO`, `UEO_threshold`,
+`UEO_fixed` (from `uncertainty/`) and `GED` (from `samples/`), averaged over the cases where
+present into a top-level `uncertainty_mean` (not into `mean`, whose keys nnU-Net's tools read
+as labels).
 """
 
 from __future__ import annotations
@@ -61,6 +68,13 @@ from monai.metrics import (
 
 from ldseg.data.imageio import SUPPORTED_FORMATS, Geometry, file_ending, read_image
 from ldseg.errors import LdsegError
+from ldseg.evaluation.uncertainty import CASE_KEYS as UNCERTAINTY_CASE_KEYS
+from ldseg.evaluation.uncertainty import (
+    DEFAULT_ECE_BINS,
+    DEFAULT_UEO_THRESHOLD,
+    model_num_classes,
+    score_case_uncertainty,
+)
 from ldseg.files import atomic_write
 
 # nnU-Net's keys in the order it builds them, then ours (the JSON itself has sorted keys).
@@ -68,6 +82,7 @@ NNUNET_KEYS = ("Dice", "IoU", "FN", "FP", "TP", "TN", "n_pred", "n_ref")
 SURFACE_KEYS = ("HD95", "ASSD", "NSD")
 VOLUME_KEYS = ("VolumeDifference", "VolumePred_mm3", "VolumeRef_mm3")
 METRIC_KEYS = NNUNET_KEYS + SURFACE_KEYS + VOLUME_KEYS
+CLASS_UNCERTAINTY_KEYS = ("ECE",)  # per class, only with probabilities (see the docstring)
 SUMMARY_FILE = "summary.json"
 DEFAULT_NSD_TOLERANCE_MM = 1.0
 
@@ -332,13 +347,15 @@ def summarize(
             cases.append({"metrics": entry["metrics"],
                           "prediction_file": entry.get("prediction_file"),
                           "reference_file": entry.get("reference_file")})
+            if "uncertainty" in entry:
+                cases[-1]["uncertainty"] = entry["uncertainty"]
         else:
             cases.append({"metrics": entry, "prediction_file": None, "reference_file": None})
     for label in labels:
         missing = [i for i, case in enumerate(cases) if str(label) not in case["metrics"]]
         if missing:
             raise LdsegError(f"case {missing[0]} has no metrics for label {label}")
-    keys = [m for m in METRIC_KEYS
+    keys = [m for m in METRIC_KEYS + CLASS_UNCERTAINTY_KEYS
             if any(m in case["metrics"][str(label)] for case in cases for label in labels)]
     mean: dict[str, dict[str, float]] = {
         str(label): {m: _nanmean([case["metrics"][str(label)].get(m) for case in cases])
@@ -355,6 +372,12 @@ def summarize(
         "mean": mean,
         "foreground_mean": foreground_mean,
     }
+    scored = [case["uncertainty"] for case in cases if "uncertainty" in case]
+    if scored:
+        summary["uncertainty_mean"] = {
+            m: _nanmean([u.get(m) for u in scored]) for m in UNCERTAINTY_CASE_KEYS
+            if any(m in u for u in scored)
+        }
     if class_names:
         names = {int(k): str(v) for k, v in class_names.items()}
         summary["class_names"] = {str(label): names[label] for label in labels if label in names}
@@ -447,29 +470,36 @@ def write_summary_csv(summary: dict, output_file: str | Path) -> Path:
     """Write a summary as a flat table, atomically: one row per case and class, then a `mean`
     row per class and a `foreground_mean` row (empty label), every metric a column.
 
-    Columns: `case` (file name without ending), `label`, `class_name`, the metrics, then
-    `prediction_file` and `reference_file`. NaN is written as `NaN`.
+    Columns: `case` (file name without ending), `label`, `class_name`, the metrics, the
+    per-case uncertainty scores if any (`UEO`, ..., `GED`: the same on every row of a case;
+    `uncertainty_mean` on the mean rows), then `prediction_file` and `reference_file`. NaN is
+    written as `NaN`.
     """
     path = Path(output_file)
     labels = sorted(summary["mean"], key=int)
-    keys = [m for m in METRIC_KEYS if any(m in v for v in summary["mean"].values())]
+    keys = [m for m in METRIC_KEYS + CLASS_UNCERTAINTY_KEYS
+            if any(m in v for v in summary["mean"].values())]
+    case_mean = summary.get("uncertainty_mean") or {}
+    case_keys = [m for m in UNCERTAINTY_CASE_KEYS if m in case_mean]
     names = summary.get("class_names") or {}
     rows: list[list[Any]] = [
-        ["case", "label", "class_name", *keys, "prediction_file", "reference_file"]
+        ["case", "label", "class_name", *keys, *case_keys, "prediction_file", "reference_file"]
     ]
     for i, entry in enumerate(summary["metric_per_case"]):
         case = _case_name(entry, i)
+        scores = [_csv_value(entry.get("uncertainty", {}).get(m)) for m in case_keys]
         for label in labels:
             metrics = entry["metrics"][label]
             rows.append([case, label, names.get(label, ""),
-                         *(_csv_value(metrics.get(m)) for m in keys),
+                         *(_csv_value(metrics.get(m)) for m in keys), *scores,
                          entry.get("prediction_file") or "", entry.get("reference_file") or ""])
+    means = [_csv_value(case_mean.get(m)) for m in case_keys]
     for label in labels:
         rows.append(["mean", label, names.get(label, ""),
-                     *(_csv_value(summary["mean"][label].get(m)) for m in keys), "", ""])
+                     *(_csv_value(summary["mean"][label].get(m)) for m in keys), *means, "", ""])
     foreground = summary.get("foreground_mean") or {}
     rows.append(["foreground_mean", "", "", *(_csv_value(foreground.get(m)) for m in keys),
-                 "", ""])
+                 *means, "", ""])
     with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
     return path
@@ -498,6 +528,8 @@ def evaluate_folders(
     file_ending: str | None = None,
     output_file: str | Path | None = None,
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    ece_bins: int = DEFAULT_ECE_BINS,
+    ueo_threshold: float | None = None,
 ) -> dict:
     """Score every reference in `ref_dir` against the same-named file in `pred_dir`.
 
@@ -508,9 +540,13 @@ def evaluate_folders(
     silently skipping it would inflate the scores. Distances and volumes use each
     reference's spacing; NSD counts boundary within `nsd_tolerance_mm`. The summary is
     written to `output_file` (default `pred_dir/summary.json`), the same as a flat table
-    beside it (`summary.csv`, see `write_summary_csv`), and returned.
+    beside it (`summary.csv`, see `write_summary_csv`), and returned. Uncertainty outputs
+    of `ldseg predict` found in `pred_dir` are scored too (see the module docstring), with
+    `ece_bins` bins and UEO's fixed threshold `ueo_threshold` (default 0.5).
     """
     tolerance = _check_tolerance(nsd_tolerance_mm)
+    if ece_bins < 1:
+        raise LdsegError(f"invalid number of ECE bins {ece_bins}: at least 1")
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
@@ -530,6 +566,8 @@ def evaluate_folders(
     given = _check_labels(labels or ())
     counted: list[tuple[str, str, _Counts]] = []
     found: set[int] = set()
+    num_classes = model_num_classes(pred_dir)
+    uncertain: list[tuple[dict[int, float], dict[str, float]]] = []
     for case, ref_path in references.items():
         pred_path = predictions[case]
         ref, geometry = _read_label_map(ref_path)
@@ -541,6 +579,9 @@ def evaluate_folders(
                         nsd_tolerance_mm=tolerance, labels=given, reference_labels=True)
         found.update(v for v, n in counts.n_ref.items() if v > 0 and n > 0)
         counted.append((str(pred_path), str(ref_path), counts))
+        uncertain.append(score_case_uncertainty(
+            pred_dir, case, ending, pred, ref, num_classes=num_classes, ece_bins=ece_bins,
+            ueo_threshold=ueo_threshold))
 
     evaluated = sorted(found | set(given))
     if not evaluated:
@@ -548,12 +589,19 @@ def evaluate_folders(
             f"{ref_dir}: the references contain no foreground labels; "
             "give the labels (dataset.json) to evaluate"
         )
-    per_case = [
-        {"metrics": {str(label): counts.metrics(label) for label in evaluated},
-         "prediction_file": pred_file, "reference_file": ref_file}
-        for pred_file, ref_file, counts in counted
-    ]
+    per_case = []
+    for (pred_file, ref_file, counts), (ece, scores) in zip(counted, uncertain, strict=True):
+        metrics = {str(label): counts.metrics(label) for label in evaluated}
+        for label in evaluated if ece else ():
+            metrics[str(label)]["ECE"] = ece.get(label, math.nan)
+        per_case.append({"metrics": metrics, "prediction_file": pred_file,
+                         "reference_file": ref_file, **({"uncertainty": scores} if scores else {})})
     summary = summarize(per_case, evaluated, class_names, nsd_tolerance_mm=tolerance)
+    if any(ece for ece, _ in uncertain):
+        summary["ece_bins"] = int(ece_bins)
+    if any("UEO" in scores for _, scores in uncertain):
+        summary["ueo_fixed_threshold"] = (DEFAULT_UEO_THRESHOLD if ueo_threshold is None
+                                          else float(ueo_threshold))
     summary_file = Path(output_file) if output_file is not None else pred_dir / SUMMARY_FILE
     write_summary(summary, summary_file)
     write_summary_csv(summary, csv_path_for(summary_file))
@@ -622,12 +670,16 @@ def _case_name(entry: dict, index: int) -> str:
     return f"case {index}"
 
 
-# Columns of `format_table` per class: metric, header, decimals.
+# Columns of `format_table` per class: metric, header, decimals; then per case, if present.
 _TABLE_COLUMNS = (("Dice", "Dice", 4), ("HD95", "HD95", 2), ("NSD", "NSD", 4))
+_ECE_COLUMN = ("ECE", "ECE", 4)
+_CASE_COLUMNS = (("UEO", "UEO", 4), ("UEO_threshold", "at", 3), ("UEO_fixed", "UEO@t", 4),
+                 ("GED", "GED", 4))
 
 
 def format_table(summary: dict) -> str:
-    """A fixed-width table: per case Dice, HD95 (mm) and NSD for each class, then the means.
+    """A fixed-width table: per case Dice, HD95 (mm) and NSD (and ECE) for each class, and the
+    case's uncertainty scores if any, then the means.
 
     Meant for the terminal, where summary.json's nesting is hard to scan; IoU, ASSD and the
     volumes are in summary.json and summary.csv. A summary without surface metrics (e.g.
@@ -636,21 +688,33 @@ def format_table(summary: dict) -> str:
     keys = sorted(summary["mean"], key=int)
     names = summary.get("class_names") or {}
     num_w = 7
-    ncol = len(_TABLE_COLUMNS)
+    has_ece = any("ECE" in v for v in summary["mean"].values())
+    columns = _TABLE_COLUMNS + ((_ECE_COLUMN,) if has_ece else ())
+    case_mean = summary.get("uncertainty_mean") or {}
+    case_columns = [c for c in _CASE_COLUMNS if c[0] in case_mean]
+    ncol = len(columns)
     headers = [f"{names[k]} ({k})" if k in names else f"label {k}" for k in keys]
     group_w = [max(len(h), ncol * num_w + ncol - 1) for h in headers]
+    if case_columns:
+        headers.append("uncertainty")
+        group_w.append(len(case_columns) * (num_w + 1) - 1)
     cases = summary["metric_per_case"]
     row_names = [_case_name(entry, i) for i, entry in enumerate(cases)]
     name_w = max([len("case"), len("mean"), *map(len, row_names)])
 
-    def row(label: str, metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    def row(label: str, metrics: Mapping[str, Mapping[str, Any]],
+            scores: Mapping[str, Any]) -> str:
         cells = [
-            " ".join(_fmt(metrics[k].get(m), num_w, d) for m, _, d in _TABLE_COLUMNS).rjust(w)
-            for k, w in zip(keys, group_w, strict=True)
+            " ".join(_fmt(metrics[k].get(m), num_w, d) for m, _, d in columns).rjust(w)
+            for k, w in zip(keys, group_w, strict=False)
         ]
+        if case_columns:
+            cells.append(" ".join(_fmt(scores.get(m), num_w, d) for m, _, d in case_columns))
         return "  ".join([label.ljust(name_w), *cells]).rstrip()
 
-    sub = [" ".join(h.rjust(num_w) for _, h, _ in _TABLE_COLUMNS).rjust(w) for w in group_w]
+    sub = [" ".join(h.rjust(num_w) for _, h, _ in columns).rjust(w) for w in group_w[:len(keys)]]
+    if case_columns:
+        sub.append(" ".join(h.rjust(num_w) for _, h, _ in case_columns))
     lines = [
         "  ".join(["case".ljust(name_w), *(h.rjust(w) for h, w in zip(headers, group_w,
                                                                        strict=True))]),
@@ -658,19 +722,29 @@ def format_table(summary: dict) -> str:
     ]
     rule = "-" * len(lines[0])
     lines.append(rule)
-    lines.extend(row(name, entry["metrics"]) for name, entry in zip(row_names, cases, strict=True))
+    lines.extend(row(name, entry["metrics"], entry.get("uncertainty") or {})
+                 for name, entry in zip(row_names, cases, strict=True))
     lines.append(rule)
-    lines.append(row("mean", summary["mean"]))
+    lines.append(row("mean", summary["mean"], case_mean))
     fg = summary.get("foreground_mean") or {}
     if fg:
+        ece = f"  ECE {_fmt(fg.get('ECE'), 0)}" if has_ece else ""
         lines.append(
             f"foreground mean: Dice {_fmt(fg.get('Dice'), 0)}  "
-            f"HD95 {_fmt(fg.get('HD95'), 0, 2)} mm  NSD {_fmt(fg.get('NSD'), 0)}"
+            f"HD95 {_fmt(fg.get('HD95'), 0, 2)} mm  NSD {_fmt(fg.get('NSD'), 0)}{ece}"
         )
     tolerance = summary.get("nsd_tolerance_mm")
     at = f" within {tolerance:g} mm" if isinstance(tolerance, int | float) else ""
     lines.append(f"HD95: 95th percentile Hausdorff distance (mm); NSD: normalised surface Dice{at}")
     lines.append("a missed or spurious structure scores HD95 = the image diagonal and NSD 0")
+    if has_ece:
+        lines.append(f"ECE: expected calibration error of the mean probabilities "
+                     f"({summary.get('ece_bins', DEFAULT_ECE_BINS)} bins, class vs rest)")
+    if case_columns:
+        fixed = summary.get("ueo_fixed_threshold", DEFAULT_UEO_THRESHOLD)
+        lines.append(f"UEO: Dice of (entropy / log K >= threshold) with the errors, at the best "
+                     f"threshold ('at') and at {fixed:g} (UEO@t); GED: generalised energy "
+                     "distance^2 of the samples (1 - IoU)")
     if "n/a" in "\n".join(lines):
         lines.append("n/a: class absent from both reference and prediction "
                      "(or metric not in the file)")

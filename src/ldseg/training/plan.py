@@ -14,18 +14,27 @@ from ldseg.data.preprocessing import DEFAULT_GRID_VOXELS, choose_grid, slice_axi
 from ldseg.errors import LdsegError
 
 
-def default_model(spatial_dims: int, in_channels: int, num_classes: int) -> ModelConfig:
+def default_model(spatial_dims: int, in_channels: int, num_classes: int,
+                  architecture: str = "ldseg") -> ModelConfig:
     """Reference sizes in 2D. In 3D on a CPU the grid is small, so the latent keeps 1/8 of the
     grid with 4 channels instead of 1/16 with 1: at 1/16 a 48x32x80 grid leaves 3x2x5 latent
-    voxels, too few to carry two bones' shapes."""
+    voxels, too few to carry two bones' shapes.
+
+    The baseline U-Net downsamples as often as the label encoder (so both plan the same grid)
+    and has about as many parameters: 2D 1.63 M vs 1.83 M, 3D 4.7 M vs 5.8 M."""
     if spatial_dims == 2:
-        return ModelConfig(spatial_dims=2, in_channels=in_channels, num_classes=num_classes)
-    return ModelConfig(
-        spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
-        label_encoder_widths=(16, 32, 64, 32), image_encoder_widths=(32, 64, 32),
-        label_decoder_widths=(32, 64, 32), latent_channels=4, image_latent_channels=4,
-        denoiser_widths=(32, 64, 64), dropout=0.0,
-    )
+        model = ModelConfig(spatial_dims=2, in_channels=in_channels, num_classes=num_classes)
+    else:
+        model = ModelConfig(
+            spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
+            label_encoder_widths=(16, 32, 64, 32), image_encoder_widths=(32, 64, 32),
+            label_decoder_widths=(32, 64, 32), latent_channels=4, image_latent_channels=4,
+            denoiser_widths=(32, 64, 64), dropout=0.0,
+        )
+    if architecture == "baseline":
+        widths = (16, 32, 64, 128, 256) if spatial_dims == 2 else (32, 64, 128, 256)
+        model = replace(model, architecture="baseline", baseline_widths=widths)
+    return model
 
 
 def plan_run(

@@ -3,6 +3,8 @@
 Per step: z_l0 = f_le(y), z_i = f_ie(X), z_t = forward noising, eps_hat = eps_theta(z_t, z_i, t),
 z_dn = denoised latent, logits = f_ld(z_dn); loss = CE + gamma (1 - Dice) + lambda MSE(eps).
 Every `val_every` epochs the EMA model segments the validation cases by actually sampling.
+The deterministic baseline (`architecture="baseline"`) goes through the same loop with
+CE + gamma (1 - Dice) on its logits.
 """
 
 from __future__ import annotations
@@ -24,20 +26,24 @@ from tqdm import tqdm
 from ldseg.config import RunConfig, save_run_config, to_dict
 from ldseg.data.dataset import Case, check_dataset, list_cases, load_case
 from ldseg.data.imageio import image_info
-from ldseg.data.preprocessing import PreparedCase, prepare_case
+from ldseg.data.preprocessing import PreparedCase, finite_image, prepare_case
 from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
-from ldseg.files import atomic_write
+from ldseg.files import atomic_write, check_output_folder
+from ldseg.inference.runtime import full_resolution_parts
 from ldseg.inference.sampling import segment_batch
-from ldseg.model.networks import LDSeg
+from ldseg.model.baseline import BaselineLoss, build_model
 from ldseg.training.augment import augment_batch
 from ldseg.training.checkpoint import atomic_save_tensors, load_tensors, save_model
+from ldseg.training.distributed import Dist, GlobalDiceLoss, session
 from ldseg.training.loss import LDSegLoss
+from ldseg.training.memory import check_training_memory
 
 MODEL_BEST = "model_best.safetensors"
 MODEL_LAST = "model_last.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 LOG_CSV = "log.csv"
+LOSSES_CSV = "losses.csv"
 
 
 def split_cases(cases: list[Case], fraction: float, names: tuple[str, ...], seed: int):
@@ -56,8 +62,9 @@ def split_cases(cases: list[Case], fraction: float, names: tuple[str, ...], seed
     return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
 
 
-def prepare(case: Case, config: RunConfig) -> PreparedCase:
+def prepare(case: Case, config: RunConfig, allow_nan: bool = False) -> PreparedCase:
     image, label, geometry = load_case(case)
+    image = finite_image(image, str(case.image_files[0]), allow_nan)
     pre = config.preprocess
     return prepare_case(
         image, label, geometry.spacing, pre.grid, keep_aspect=pre.keep_aspect,
@@ -77,6 +84,7 @@ class TrainState:
     best_epoch: int = -1
     cursor: int = 0
     history: list[dict] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # one per step, for LOSSES_CSV
 
 
 def foreground_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> list[float]:
@@ -91,30 +99,41 @@ def foreground_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> 
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path,
-                 train_cases: list[Case], val_cases: list[Case], progress_bar: bool = True) -> None:
+                 train_cases: list[Case], val_cases: list[Case], progress_bar: bool = True,
+                 *, allow_nan: bool = False, dist: Dist | None = None) -> None:
         self.config, self.run_dir = config, Path(run_dir)
+        self.dist = dist or Dist()  # one process unless started by torchrun
         tc = config.train
         torch.manual_seed(tc.seed)
         self.generator = torch.Generator().manual_seed(tc.seed)
-        self.model = LDSeg(config.model)
+        self.model = build_model(config.model).to(self.dist.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.memory_format = torch.preserve_format
         if tc.channels_last:
             self.memory_format = (torch.channels_last if config.model.spatial_dims == 2
                                   else torch.channels_last_3d)
-            self.model.to(memory_format=self.memory_format)
-            self.ema.to(memory_format=self.memory_format)
+            for net in (self.model, self.ema):  # not the denoiser: see inference.runtime
+                for part in full_resolution_parts(net):
+                    part.to(memory_format=self.memory_format)
+        if tc.gradient_checkpointing and hasattr(self.model, "set_gradient_checkpointing"):
+            self.model.set_gradient_checkpointing(True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr,
                                           weight_decay=tc.weight_decay)
         self.schedule = NoiseSchedule(config.diffusion.schedule, config.diffusion.timesteps)
-        self.loss_fn = LDSegLoss(tc.gamma_dice, tc.lambda_noise)
+        self.loss_fn = (BaselineLoss(tc.gamma_dice) if config.model.architecture == "baseline"
+                        else LDSegLoss(tc.gamma_dice, tc.lambda_noise))
+        self.net = self.dist.wrap(self.model)  # DDP under torchrun, else the model itself
+        if self.dist.enabled:  # the batch Dice of the global batch, not of each rank's share
+            self.loss_fn.dice = GlobalDiceLoss(config.model.num_classes)
         self.state = TrainState()
         self.stop_requested = False
         loading = tqdm(train_cases, desc="loading", leave=False, disable=not progress_bar)
-        prepared = [prepare(c, config) for c in loading]
+        prepared = [prepare(c, config, allow_nan) for c in loading]
         self.images = torch.cat([p.images for p in prepared])
         self.labels = torch.cat([p.labels for p in prepared])
-        self.val = [(c.name, prepare(c, config)) for c in val_cases[: tc.val_max_cases]]
+        self.dist.check_batch(min(tc.batch_size, len(self.images)))
+        self.val = [(c.name, prepare(c, config, allow_nan))
+                    for c in val_cases[: tc.val_max_cases]]
         self.perm = torch.randperm(len(self.images), generator=self.generator)
 
     # ---- one optimisation step -------------------------------------------------------------
@@ -141,22 +160,33 @@ class Trainer:
         cfg, dcfg = self.config, self.config.diffusion
         x, y = self.next_batch()
         x, y = augment_batch(x, y, cfg.train, self.generator)
-        x = x.contiguous(memory_format=self.memory_format)
-        b = x.shape[0]
-        t = torch.randint(0, dcfg.timesteps, (b,), generator=self.generator)
-        self.model.train()
-        z0 = self.model.label_encoder(y)
-        z_image = self.model.image_encoder(x)
-        noise_shape = (1, *z0.shape[1:]) if dcfg.shared_noise else z0.shape
-        eps = torch.randn(noise_shape, generator=self.generator).expand_as(z0)
-        z_t = self.schedule.add_noise(z0, eps, t)
-        eps_hat = self.model.denoiser(z_t, z_image, t)
-        z_dn = self.schedule.denoised(z_t, eps_hat, t, dcfg.denoised_rule, dcfg.x0_min_divisor)
-        logits = self.model.label_decoder(z_dn)
-        loss, parts = self.loss_fn(logits, y, eps, eps_hat)
-        if not torch.isfinite(loss):
+        # All random numbers are drawn for the global batch on every rank; each keeps its shard.
+        b, shard, device = x.shape[0], self.dist.shard(x.shape[0]), self.dist.device
+        x = x[shard].to(device).contiguous(memory_format=self.memory_format)
+        y = y[shard].to(device)
+        if cfg.model.architecture == "baseline":  # deterministic U-Net: logits from the image
+            self.model.train()
+            loss, parts = self.loss_fn(self.net(x), y)
+        else:
+            t = torch.randint(0, dcfg.timesteps, (b,), generator=self.generator)[shard].to(device)
+            self.model.train()
+            z0 = self.net.label_encoder(y)
+            z_image = self.net.image_encoder(x)
+            noise_shape = (1, *z0.shape[1:]) if dcfg.shared_noise else (b, *z0.shape[1:])
+            eps = torch.randn(noise_shape, generator=self.generator)
+            eps = (eps if dcfg.shared_noise else eps[shard]).to(device).expand_as(z0)
+            z_t = self.schedule.add_noise(z0, eps, t)
+            eps_hat = self.net.denoiser(z_t, z_image, t)
+            z_dn = self.schedule.denoised(z_t, eps_hat, t, dcfg.denoised_rule,
+                                          dcfg.x0_min_divisor)
+            logits = self.net.label_decoder(z_dn)
+            loss, parts = self.loss_fn(logits, y, eps, eps_hat)
+        # The global batch's values (the mean over ranks), so every rank takes the same decision.
+        loss_value, *values = self.dist.mean([loss.item(), *parts.values()])
+        parts = dict(zip(parts, values, strict=True))
+        if not math.isfinite(loss_value):
             raise LdsegError(
-                f"loss became {loss.item()} at step {self.state.step}; the last good checkpoint "
+                f"loss became {loss_value} at step {self.state.step}; the last good checkpoint "
                 f"in {self.run_dir} is kept (try a lower --lr)"
             )
         lr = self.lr_at(progress)
@@ -167,7 +197,7 @@ class Trainer:
         self.optimizer.step()
         self.update_ema()
         self.state.step += 1
-        return {"loss": loss.item(), "lr": lr, **parts}
+        return {"loss": loss_value, "lr": lr, **parts}
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -186,21 +216,31 @@ class Trainer:
         cfg = self.config
         self.ema.eval()
         per_case = []
-        for _, case in self.val:
+        rank, world = self.dist.rank, self.dist.world_size
+        for _, case in self.val[rank::world]:  # each rank segments its share of the cases
             preds = []
             gen = torch.Generator().manual_seed(cfg.train.seed)
             for start in range(0, len(case.images), 16):
-                x = case.images[start:start + 16].contiguous(memory_format=self.memory_format)
+                x = case.images[start:start + 16].to(self.dist.device)
+                x = x.contiguous(memory_format=self.memory_format)
                 probs = segment_batch(
                     self.ema, self.schedule, x, steps=cfg.diffusion.sampling_steps,
                     eta=cfg.diffusion.eta, samples=1, generator=gen,
+                    memory_format=(torch.contiguous_format if self.memory_format is
+                                   torch.preserve_format else self.memory_format),
                 ).mean_probs
-                preds.append(probs.argmax(1))
+                preds.append(probs.argmax(1).cpu())
             per_case.append(foreground_dice(torch.cat(preds), case.labels, cfg.model.num_classes))
+        ordered: list = [None] * len(self.val)
+        for r, part in enumerate(self.dist.gather(per_case)):
+            ordered[r::world] = part
+        per_case = ordered
         return np.nanmean(np.array(per_case, dtype=float), axis=0).tolist() if per_case else []
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self, best: bool) -> None:
+        if not self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            return
         info = {"epoch": self.state.epoch, "step": self.state.step,
                 "best_dice": self.state.best_dice}
         save_model(self.ema, self.config, self.run_dir / MODEL_LAST, info)
@@ -250,7 +290,6 @@ class Trainer:
         tc = self.config.train
         budget = tc.budget_minutes * 60.0
         total_steps = tc.epochs * tc.iters_per_epoch
-        save_run_config(self.config, self.run_dir / "config.json")
         old_handlers = {s: signal.signal(s, self.request_stop)
                         for s in (signal.SIGINT, signal.SIGTERM)}
         # In budget mode the bar counts seconds (so its ETA is the budget's end); the step rate
@@ -263,16 +302,22 @@ class Trainer:
         start = time.monotonic() - self.state.elapsed
         running: dict[str, float] = {}
         try:
+            if self.dist.is_main:  # after the handlers: from here on a signal ends in a checkpoint
+                save_run_config(self.config, self.run_dir / "config.json")
             while True:
+                # Rank 0's clock and any rank's signal: all ranks stop after the same step.
+                self.state.elapsed, stop = self.dist.agree(self.state.elapsed,
+                                                           self.stop_requested)
                 done_by_time = budget and self.state.elapsed >= budget
                 done_by_steps = not budget and self.state.step >= total_steps
-                if done_by_time or done_by_steps or self.stop_requested:
+                if done_by_time or done_by_steps or stop:
                     break
                 progress = self.state.elapsed / budget if budget else self.state.step / total_steps
                 parts = self.train_step(progress)
                 for k, v in parts.items():
                     running[k] = running.get(k, 0.0) + v
                 running["n"] = running.get("n", 0) + 1
+                self.state.losses.append(parts["loss"])
                 self.state.elapsed = time.monotonic() - start
                 if budget:
                     bar.n = min(int(self.state.elapsed), int(budget))
@@ -289,9 +334,10 @@ class Trainer:
                     self.end_epoch(running, validate=(self.state.epoch + 1) % tc.val_every == 0)
                     running = {}
             if running.get("n"):  # stopped mid-epoch (budget, signal): close it properly
-                self.end_epoch(running, validate=not self.stop_requested)
+                # After a signal the epoch is not over: a resumed run finishes it.
+                self.end_epoch(running, validate=not stop, epoch_done=not stop)
             elif not self.state.history:
-                self.end_epoch({"n": 0}, validate=True)
+                self.end_epoch({"n": 0}, validate=not stop, epoch_done=not stop)
         finally:
             bar.close()
             for s, h in old_handlers.items():
@@ -304,7 +350,8 @@ class Trainer:
                 return row["val_dice"]
         return float("nan")
 
-    def end_epoch(self, running: dict[str, float], validate: bool) -> None:
+    def end_epoch(self, running: dict[str, float], validate: bool,
+                  epoch_done: bool = True) -> None:
         n = max(1, running.pop("n", 1))
         row: dict = {"epoch": self.state.epoch, "step": self.state.step,
                      "time_s": round(self.state.elapsed, 1)}
@@ -321,9 +368,11 @@ class Trainer:
         elif not self.val:
             best = True  # no validation cases: the latest model is the best we know
         self.state.history.append(row)
-        self.state.epoch += 1
+        self.state.epoch += int(epoch_done)
         self.save(best)
-        write_log(self.run_dir, self.state.history)
+        if self.dist.is_main:
+            write_log(self.run_dir, self.state.history)
+            write_losses(self.run_dir, self.state.losses)
 
 
 def write_log(run_dir: Path, history: list[dict]) -> None:
@@ -340,16 +389,56 @@ def write_log(run_dir: Path, history: list[dict]) -> None:
     plot_training_curves(history, run_dir / "curves.png")
 
 
+def count_samples(cases: list[Case], config: RunConfig) -> int:
+    """Training samples on the model grid: one per case, or one per slice for a 2D model on 3D
+    data (from the file headers, before anything is loaded)."""
+    pre = config.preprocess
+    if pre.spatial_dims == pre.data_spatial_dims:
+        return len(cases)
+    return sum(image_info(c.image_files[0])[0][pre.slice_axis] for c in cases)
+
+
+def write_losses(run_dir: Path, losses: list[float]) -> None:
+    """The loss of every step, exactly as computed (a resumed run can be checked against it)."""
+    with atomic_write(run_dir / LOSSES_CSV) as tmp:
+        tmp.write_text("step,loss\n" + "".join(f"{i},{v!r}\n" for i, v in enumerate(losses, 1)))
+
+
+RUN_FILES = (MODEL_BEST, MODEL_LAST, TRAIN_STATE, LOG_CSV, LOSSES_CSV, "curves.png",
+             "config.json")
+
+
 def train(dataset_dir: Path, run_dir: Path, config: RunConfig | None = None, *,
-          resume: bool = False, progress_bar: bool = True, **plan_options) -> TrainState:
-    """Check the dataset, plan (or reload) the run, train, and leave best/last checkpoints."""
+          resume: bool = False, progress_bar: bool = True, overwrite: bool = False,
+          allow_nan: bool = False, **plan_options) -> TrainState:
+    """Check the dataset, plan (or reload) the run, train, and leave best/last checkpoints.
+
+    Under torchrun every process calls this and they train one model together (DDP).
+    """
+    with session() as dist:
+        return _train(dist, dataset_dir, run_dir, config, resume=resume, overwrite=overwrite,
+                      progress_bar=progress_bar and dist.is_main, allow_nan=allow_nan,
+                      **plan_options)
+
+
+def _train(dist: Dist, dataset_dir: Path, run_dir: Path, config: RunConfig | None, *,
+           resume: bool, progress_bar: bool, overwrite: bool, allow_nan: bool,
+           **plan_options) -> TrainState:
     from ldseg.config import load_run_config
     from ldseg.data.dataset import load_dataset_spec
     from ldseg.training.plan import plan_run
 
     run_dir = Path(run_dir)
+    check_output_folder(run_dir)  # before any work: not a file, writable
+    if not resume and not overwrite:
+        if (run_dir / TRAIN_STATE).is_file():
+            raise LdsegError(f"{run_dir}: already holds a training run; use --resume to continue "
+                             "it, --overwrite to start over, or choose another output folder")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise LdsegError(f"{run_dir}: output folder exists and is not empty (use --overwrite "
+                             "to train into it anyway, or choose another folder)")
     spec = load_dataset_spec(dataset_dir)
-    problems = check_dataset(spec)
+    problems = check_dataset(spec, allow_nan=allow_nan)
     if problems:
         more = ""
         if len(problems) > 1:
@@ -371,18 +460,25 @@ def train(dataset_dir: Path, run_dir: Path, config: RunConfig | None = None, *,
                 f"classes, the run in {run_dir} was trained on {config.model.in_channels} and "
                 f"{config.model.num_classes}"
             )
-    elif (run_dir / TRAIN_STATE).is_file():
-        raise LdsegError(f"{run_dir}: already holds a training run; use --resume to continue it "
-                         "or choose another output folder")
     if config is None:
         infos = [image_info(c.image_files[0]) for c in cases]
         config = plan_run(spec, [i[0] for i in infos], [i[1] for i in infos], **plan_options)
     tc = config.train
+    dist.check_batch(tc.batch_size)
     train_cases, val_cases = split_cases(cases, tc.val_fraction, tc.val_cases, tc.seed)
+    samples = count_samples(train_cases + val_cases[: tc.val_max_cases], config)
+    check_training_memory(config, min(tc.batch_size, samples) // dist.world_size, samples,
+                          where=spec.root, processes=dist.local_world_size, device=dist.device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, run_dir, train_cases, val_cases, progress_bar)
+    dist.barrier()  # every rank has checked the output folder before rank 0 writes into it
+    if dist.is_main:
+        if overwrite and not resume:
+            for name in RUN_FILES:  # only what an earlier run wrote; other files stay
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, run_dir, train_cases, val_cases, progress_bar,
+                      allow_nan=allow_nan, dist=dist)
     if resume:
         trainer.restore()
     return trainer.run(progress_bar=progress_bar)
