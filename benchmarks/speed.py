@@ -155,8 +155,8 @@ def train2d_512(repeats: int, checkpointing: bool = False) -> dict:
             rgb = np.clip(rng.normal(120, 30, (512, 512, 3)) + 60 * label[..., None], 0, 255)
             Image.fromarray(rgb.astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
             Image.fromarray(label).save(root / "labelsTr" / f"c{i}.png")
-        write_dataset_json(root, {"0": "R", "1": "G", "2": "B"},
-                           {"background": 0, "object": 1}, 4, ".png")
+        write_dataset_json(root, ["R", "G", "B"], ["background", "object"], 4, ".png",
+                           "rgb512")
         spec = load_dataset_spec(root)
         config = plan_run(spec, [(512, 512)] * 4, [(1.0, 1.0)] * 4, grid=(512, 512))
         config.train.batch_size, config.train.val_fraction = 4, 0.0
@@ -167,6 +167,33 @@ def train2d_512(repeats: int, checkpointing: bool = False) -> dict:
             "peak_rss_gb": peak_rss_gb()}
 
 
+def profile2d_512(repeats: int) -> dict:  # noqa: ARG001 (one profiled run is enough)
+    """Where the time of a 512x512 inference goes, by operator (torch profiler, self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ldseg.config import ModelConfig
+    from ldseg.diffusion.schedule import NoiseSchedule
+    from ldseg.inference.runtime import prepare_for_inference
+    from ldseg.inference.sampling import segment_batch
+    from ldseg.model.networks import LDSeg
+
+    model = LDSeg(ModelConfig(spatial_dims=2, in_channels=3, num_classes=2)).eval()
+    memory_format = prepare_for_inference(model)
+    schedule, images = NoiseSchedule("cosine", 1000), torch.randn(4, 3, 512, 512)
+
+    def run():
+        with torch.inference_mode():
+            segment_batch(model, schedule, images, steps=15, memory_format=memory_format)
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"top_ops": [(e.key, round(100 * e.self_cpu_time_total / total, 1), e.count)
+                        for e in events[:10]], "peak_rss_gb": peak_rss_gb()}
+
+
 def train2d_512_checkpointing(repeats: int) -> dict:
     """The same step with `--grad-checkpoint`."""
     return train2d_512(repeats, checkpointing=True)
@@ -174,7 +201,8 @@ def train2d_512_checkpointing(repeats: int) -> dict:
 
 SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_512_compiled, infer2d_256,
                                        infer2d_256_s8, infer3d_ref, infer3d_default,
-                                       train2d_512, train2d_512_checkpointing)}
+                                       train2d_512, train2d_512_checkpointing,
+                                       profile2d_512)}
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -221,7 +249,7 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, res in results.items():
-        if name == "ceiling":
+        if name in ("ceiling", "profile2d_512"):
             continue
         if "error" in res:
             lines.append(f"| {name} | error: {res['error']} | | | | | | | |")
@@ -247,6 +275,11 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         ratio = s8["seconds_per_image"] / s1["seconds_per_image"]
         lines += ["", f"`--samples 8` costs {ratio:.2f}x the time of 1 sample at 256x256 "
                   "(one image-encoder pass shared by the 8)."]
+    prof = results.get("profile2d_512", {})
+    if "top_ops" in prof:
+        lines += ["", "Where the time of `infer2d_512` goes (torch profiler, self CPU time):", "",
+                  "| operator | share | calls |", "| --- | --- | --- |"]
+        lines += [f"| `{op}` | {share}% | {count} |" for op, share, count in prof["top_ops"]]
     lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1), "```", ""]
     log = RESULTS.with_name("speed_log.md")
     if log.is_file():
