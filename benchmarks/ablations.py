@@ -67,6 +67,14 @@ def train_command(dataset: Path, run: Path, flags: list[str], budget: float, thr
             "--no-progress", *flags]
 
 
+def job_layout(parallel: bool, threads: int) -> tuple[int, int]:
+    """(threads per process, processes at once): side by side with 1 thread each when
+    `parallel`, else one process on every core."""
+    cores = os.cpu_count() or 1
+    threads = threads or (1 if parallel else cores)
+    return threads, (max(1, cores // threads) if parallel else 1)
+
+
 def run_jobs(commands: dict[str, list[str]], jobs: int, logs: Path) -> dict[str, int]:
     """Run the commands, at most `jobs` at once; returns each one's exit status."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -213,9 +221,7 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    cores = os.cpu_count() or 1
-    threads = args.threads or (1 if args.parallel else cores)
-    jobs = max(1, cores // threads) if args.parallel else 1
+    threads, jobs = job_layout(args.parallel, args.threads)
     dataset = args.work / "dataset"
     if not (dataset / "dataset.json").is_file():
         write_synthetic_dataset(dataset, num_train=args.num_train, num_test=args.num_test,

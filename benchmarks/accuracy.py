@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
-from ablations import run_jobs
+from ablations import job_layout, run_jobs
 from core_accuracy import DATA, TASKS, import_dataset
 from provenance import ROOT, provenance
 
@@ -250,9 +249,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
     budgets = parse_budgets(args.budget_minutes, tasks)
-    cores = os.cpu_count() or 1
-    threads = args.threads or (1 if args.parallel else cores)
-    jobs = max(1, cores // threads) if args.parallel else 1
+    threads, jobs = job_layout(args.parallel, args.threads)
     if not args.report_only:
         if not DATA.is_dir():
             sys.exit(f"sample data not found at {DATA}")

@@ -38,12 +38,19 @@ def test_validation_dice_clearly_rises(easy, tmp_path):
     assert (run / "log.csv").read_text().count("\n") == 9  # header + one row per epoch
 
 
-def test_same_seed_same_numbers(easy, tmp_path):
+BASELINE = ModelConfig(architecture="baseline", baseline_widths=(8, 16, 32))
+
+
+@pytest.mark.parametrize("model", [SMALL, BASELINE], ids=["ldseg", "baseline"])
+def test_same_seed_same_numbers(easy, tmp_path, model):
     tc = TrainConfig(batch_size=2, epochs=1, iters_per_epoch=4, val_fraction=0.25, seed=3)
-    a = train(easy, tmp_path / "a", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
-    b = train(easy, tmp_path / "b", progress_bar=False, grid=(48, 48), model=SMALL, train=tc)
+    a = train(easy, tmp_path / "a", progress_bar=False, grid=(48, 48), model=model, train=tc)
+    b = train(easy, tmp_path / "b", progress_bar=False, grid=(48, 48), model=model, train=tc)
     assert a.history[0]["loss"] == b.history[0]["loss"]
     assert a.history[0]["val_dice"] == b.history[0]["val_dice"]
+    wa = load_model_file(tmp_path / "a" / "model_last.safetensors")[1]
+    wb = load_model_file(tmp_path / "b" / "model_last.safetensors")[1]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resume_continues_with_identical_losses(easy, tmp_path):
