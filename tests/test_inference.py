@@ -98,8 +98,10 @@ def test_api_returns_probabilities_uncertainty_and_samples(tmp_path):
     assert np.array_equal(again.probabilities, res.probabilities)  # seeded: reproducible
 
 
-def test_multi_sample_mean_equals_mean_of_single_samples(tmp_path):
-    """N samples batched after one image-encoder pass give the mean of N separate draws."""
+@pytest.mark.parametrize("full_res_voxels", [32 * 32, 2 * 32 * 32, 10**9])
+def test_multi_sample_mean_equals_mean_of_single_samples(tmp_path, full_res_voxels):
+    """N samples batched after one image-encoder pass give the mean of N separate draws,
+    whether the full-resolution networks see one image per call, two, or the whole batch."""
     from ldseg.diffusion.schedule import NoiseSchedule
     from ldseg.inference.sampling import segment_batch
 
@@ -109,13 +111,16 @@ def test_multi_sample_mean_equals_mean_of_single_samples(tmp_path):
     sched = NoiseSchedule()
     with torch.inference_mode():
         batched = segment_batch(seg.model, sched, x, steps=3, samples=3,
-                                generator=torch.Generator().manual_seed(0))
+                                generator=torch.Generator().manual_seed(0),
+                                full_res_voxels=full_res_voxels)
         noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
         from ldseg.diffusion.sampler import sample_latent
         zi = seg.model.image_encoder(x).repeat_interleave(3, 0)
         z = sample_latent(lambda z, t: seg.model.denoiser(z, zi, t), sched, noise, 3)
-        probs = torch.softmax(seg.model.label_decoder(z), 1).reshape(2, 3, 3, 32, 32).mean(1)
-    assert torch.allclose(batched.mean_probs, probs, atol=1e-5)
+        per_sample = torch.softmax(seg.model.label_decoder(z), 1).reshape(2, 3, 3, 32, 32)
+    assert torch.allclose(batched.mean_probs, per_sample.mean(1), atol=1e-5)
+    assert batched.sample_labels.shape == (2, 3, 32, 32)
+    assert torch.equal(batched.sample_labels, per_sample.argmax(2).to(torch.uint8))
 
 
 def test_channel_count_mismatch_is_a_one_line_error(tmp_path):

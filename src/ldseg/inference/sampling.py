@@ -1,7 +1,7 @@
 """Segmenting a batch on the model grid: one image-encoder pass, N latent samples, decode.
 
 The N samples of each image run batched together after a single image-encoder pass; the
-decoder runs in chunks so that memory stays bounded in 3D.
+full-resolution networks run in chunks so that memory stays bounded, whatever the batch.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def segment_batch(
     eta: float = 0.0,
     samples: int = 1,
     generator: torch.Generator | None = None,
-    decode_chunk: int = 8,
+    full_res_voxels: int = 512 * 512,
     on_step: StepCallback | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> GridSegmentation:
@@ -42,9 +42,17 @@ def segment_batch(
         logits = model(images.contiguous(memory_format=memory_format))
         return GridSegmentation(torch.softmax(logits.float(), 1), None)
     b = images.shape[0]
+    voxels = images.shape[2:].numel()
+    # The full-resolution networks run on a few images at a time (at most `full_res_voxels`
+    # voxels per call): the same numbers, but peak memory no longer grows with the batch
+    # (at 512x512 RGB, batch 4: 1.08 -> see benchmarks/results/speed.md) and the working set
+    # stays in cache. The denoiser still sees the whole batch on its small latent.
+    per_call = max(1, full_res_voxels // voxels)
+    images = images.contiguous(memory_format=memory_format)
     # The denoiser runs on a small latent where channels-last is slower (10x measured in 2D):
     # hand it a plain contiguous tensor whatever layout the encoder produced.
-    z_image = model.image_encoder(images.contiguous(memory_format=memory_format)).contiguous()
+    z_image = torch.cat([model.image_encoder(images[i:i + per_call])
+                         for i in range(0, b, per_call)]).contiguous()
     if samples > 1:
         z_image = z_image.repeat_interleave(samples, dim=0)
     latent_shape = (b * samples, model.config.latent_channels, *z_image.shape[2:])
@@ -54,17 +62,20 @@ def segment_batch(
         return model.denoiser(z, z_image, t)
 
     z = sample_latent(denoise, schedule, noise, steps, eta, generator, on_step)
-    per_image = z.reshape(b, samples, *z.shape[1:])
-    chunk = max(1, decode_chunk // b)  # samples decoded at once, for every image of the batch
-    probs_sum = torch.zeros(0)
-    labels = []
-    for s0 in range(0, samples, chunk):
-        part = per_image[:, s0:s0 + chunk]
-        n = part.shape[1]
-        part = part.reshape(b * n, *z.shape[1:]).contiguous(memory_format=memory_format)
-        logits = model.label_decoder(part).float()
-        probs = torch.softmax(logits, 1).reshape(b, n, -1, *logits.shape[2:])
-        if samples > 1:
-            labels.append(probs.argmax(2).to(torch.uint8))
-        probs_sum = probs.sum(1) if s0 == 0 else probs_sum + probs.sum(1)
-    return GridSegmentation(probs_sum / samples, torch.cat(labels, 1) if labels else None)
+    # Decode image-major (sample index fastest), a few latents per call; sum each image's
+    # sample probabilities as they come, so only one chunk of full-resolution logits lives.
+    probs_sum: torch.Tensor | None = None
+    labels = torch.empty((b * samples, *images.shape[2:]), dtype=torch.uint8,
+                         device=images.device) if samples > 1 else None
+    for start in range(0, b * samples, per_call):
+        part = z[start:start + per_call].contiguous(memory_format=memory_format)
+        probs = torch.softmax(model.label_decoder(part).float(), 1)
+        if probs_sum is None:
+            probs_sum = probs.new_zeros((b, *probs.shape[1:]))
+        owner = torch.arange(start, start + part.shape[0], device=probs.device) // samples
+        probs_sum.index_add_(0, owner, probs)
+        if labels is not None:
+            labels[start:start + part.shape[0]] = probs.argmax(1)
+    assert probs_sum is not None
+    sample_labels = labels.reshape(b, samples, *labels.shape[1:]) if labels is not None else None
+    return GridSegmentation(probs_sum / samples, sample_labels)
