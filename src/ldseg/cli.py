@@ -66,6 +66,9 @@ def _add_train(sub) -> None:
     m.add_argument("--model", choices=("ldseg", "baseline"), default="ldseg",
                    help="baseline: a deterministic MONAI U-Net (Dice + CE loss) "
                         "trained through the same pipeline, for comparisons")
+    m.add_argument("--size", choices=("lean", "reference"), default="lean",
+                   help="LDSeg widths: lean (default; narrow full-resolution stages, 2-3x "
+                        "faster steps) or reference (the method page's)")
     m.add_argument("--latent-channels", type=int)
     m.add_argument("--norm", choices=("group", "batch"))
     m.add_argument("--label-input", choices=("onehot", "integer"))
@@ -216,12 +219,12 @@ def _cmd_train(args) -> None:
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}
-    if overrides or args.model != "ldseg":
+    if overrides or args.model != "ldseg" or args.size != "lean":
         from ldseg.data.dataset import load_dataset_spec
 
         spec = load_dataset_spec(args.dataset)
         model = default_model(args.dims or spec.spatial_dims, spec.num_channels, spec.num_classes,
-                              architecture=args.model)
+                              architecture=args.model, size=args.size)
         for k, v in overrides.items():
             setattr(model, k, v)
         if args.latent_channels:
