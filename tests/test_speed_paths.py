@@ -120,3 +120,33 @@ def test_upsample_conv_is_conv_of_the_nearest_upsampling(dims):
     grads_fast = torch.autograd.grad(fast.square().sum(), [x, conv.weight, conv.bias])
     for a, b in zip(grads_fast, grads_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dims,chunks", [(2, 4), (2, 3), (3, 2)])
+def test_block_in_place_and_in_channel_chunks_is_the_same_function(dims, chunks):
+    """The low-memory inference block (output accumulated into its input, convs a few
+    GroupNorm groups at a time) against the plain block, in float64."""
+    from ldseg.model.networks import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(dims, 16, 16, "group", 0.0).double().eval()
+    for norm in (block.norm1, block.norm2):  # non-trivial affine, so slicing it is checked
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 16, *(6,) * dims, dtype=torch.float64)
+    with torch.inference_mode():
+        expected = block._forward(x)
+        got = block.forward_into_input(x.clone(), chunks=chunks)
+    assert torch.allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dims,grid", [(2, (32, 48)), (3, (16, 16, 24))])
+def test_low_memory_decoder_gives_the_same_segmentation(dims, grid):
+    model = decisive_model(tiny(dims))
+    memory_format = prepare_for_inference(model)  # channels-last: the production layout
+    images = torch.randn(2, 2, *grid)
+    reference = segment(model, images, memory_format)
+    model.label_decoder.low_memory_elements = 0  # every stage takes the low-memory path
+    probs, labels = segment(model, images, memory_format)
+    assert torch.equal(labels, reference[1])
+    assert torch.allclose(probs, reference[0], atol=1e-5)

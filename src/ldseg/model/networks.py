@@ -85,6 +85,35 @@ class ResBlock(nn.Module):
         return h.add_(self.skip(x)) if inplace else h + self.skip(x)
 
 
+    def forward_into_input(self, x: torch.Tensor, chunks: int = 4) -> torch.Tensor:
+        """Inference only, identity shortcut, GroupNorm: the same function as `_forward`, with
+        the block's output accumulated into `x` in place and both convs run a few GroupNorm
+        groups of output channels at a time. Each group's statistics are its own, so this is
+        exact; peak memory is x + hidden + two 1/chunks slices instead of three full tensors
+        (3D 128x128x256 at 32 channels: 1.34 instead of 1.61 GB). Consumes `x`."""
+        norms = (self.norm1, self.norm2)
+        if (torch.is_grad_enabled() or self.training or not isinstance(self.skip, nn.Identity)
+                or not all(isinstance(n, nn.GroupNorm) for n in norms)):
+            return self._forward(x)
+        conv_nd = F.conv2d if x.ndim == 4 else F.conv3d
+        per_group = self.conv1.out_channels // self.norm1.num_groups
+        step = per_group * max(1, self.norm1.num_groups // chunks)
+        hidden = torch.empty_like(x)
+        for source, target, conv, norm in ((x, hidden, self.conv1, self.norm1),
+                                           (hidden, x, self.conv2, self.norm2)):
+            for c0 in range(0, conv.out_channels, step):
+                sl = slice(c0, c0 + step)
+                part = conv_nd(source, conv.weight[sl], conv.bias[sl], padding=1)
+                part = F.group_norm(part, step // per_group, norm.weight[sl], norm.bias[sl],
+                                    norm.eps)
+                part = F.silu(part, inplace=True)
+                if target is hidden:
+                    target[:, sl] = part
+                else:
+                    target[:, sl] += part
+        return x
+
+
 def _attention(spatial_dims: int, channels: int, head_channels: int) -> nn.Module:
     # MONAI's block with PyTorch's memory-efficient scaled_dot_product_attention.
     heads_ch = head_channels if channels % head_channels == 0 else channels
@@ -251,8 +280,14 @@ class LabelDecoder(nn.Module):
                 h = self._stage(h, index)
         return self.out(h)
 
+    # At inference, a stage whose activations pass this size (elements) runs its block in
+    # place and in channel chunks: 3D at the reference's 128x128x256 fits in 2 GB that way.
+    low_memory_elements = 2**26
+
     def _stage(self, h: torch.Tensor, index: int) -> torch.Tensor:
         h = F.silu(upsample_conv(h, self.ups[index]), inplace=not torch.is_grad_enabled())
+        if not torch.is_grad_enabled() and h.numel() >= self.low_memory_elements:
+            return self.blocks[index].forward_into_input(h)  # h is ours: it may be consumed
         return self.blocks[index]._forward(h)  # the stage is checkpointed, not the block
 
 
