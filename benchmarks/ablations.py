@@ -2,7 +2,8 @@
 
 Trained variants, each for the same wall-clock budget with the demo's settings (128x128 grid,
 4 latent channels, batch 8): the default (denoised latent x0, one-hot label input, per-sample
-noise) against `--denoised-rule residual`, `--label-input integer` and `--shared-noise`; each
+noise, lean widths) against `--denoised-rule residual`, `--label-input integer`,
+`--shared-noise` and `--size reference`; each
 segments the held-out cases (15 DDIM steps, 1 sample). Then, on the default model: sampling
 steps 1-50 (Dice, seconds per image), DDIM vs DDPM (eta 0 / 1), and 1-16 samples (Dice of the
 mean, ECE, uncertainty-error overlap, GED, seconds per image). The synthetic task (textured
@@ -51,6 +52,8 @@ VARIANTS = {  # name -> (training flags, what it changes)
     "residual": (["--denoised-rule", "residual"], "denoised latent z_t - eps_hat (reference)"),
     "integer": (["--label-input", "integer"], "integer label map as one channel (reference)"),
     "shared-noise": (["--shared-noise"], "one eps repeated across the batch (reference)"),
+    "reference-widths": (["--size", "reference"],
+                         "the method page's widths (default: lean full-resolution stages)"),
 }
 STEPS = (1, 2, 5, 10, 15, 25, 50)
 ETAS = (0.0, 1.0)

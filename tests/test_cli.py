@@ -143,3 +143,18 @@ def test_corrupt_checkpoint(tmp_path, easy, capsys):
 def test_missing_paths(args, capsys):
     code, _, err = run_cli(args, capsys)
     one_line_error(code, err)
+
+
+def test_model_size_flag_reaches_the_saved_config(tmp_path, easy, capsys):
+    widths = {}
+    for size in ("lean", "reference"):
+        run = tmp_path / size
+        flags = [] if size == "lean" else ["--size", "reference"]  # lean is the default
+        assert run_cli(["train", easy, "-o", run, *FAST[:2], "--epochs", "1",
+                        "--iters-per-epoch", "1", "--batch-size", "2", "--no-progress",
+                        *flags], capsys)[0] == 0
+        model = json.loads((run / "config.json").read_text())["model"]
+        widths[size] = (model["label_encoder_widths"], model["image_encoder_widths"],
+                        model["label_decoder_widths"])
+    assert widths["reference"] == ([16, 32, 64, 64, 32], [32, 64, 64, 32], [32, 64, 64, 32])
+    assert widths["lean"] == ([8, 32, 64, 64, 32], [16, 32, 64, 32], [32, 64, 32, 16])
