@@ -59,6 +59,7 @@ def train_flags(task: str) -> list[str]:
 
 # Prediction folder -> (model, samples); "ldseg_s8" takes --samples (8 by default).
 PREDICTIONS = {"ldseg_s1": ("ldseg", 1), "ldseg_s8": ("ldseg", 8), "baseline": ("baseline", 1)}
+EQUAL_STEPS = "baseline_equal_steps"  # optional (--equal-steps): run and prediction folder
 
 
 def task_job(work: Path, task: str, model: str, budget: float, threads: int,
@@ -82,6 +83,23 @@ def task_job(work: Path, task: str, model: str, budget: float, threads: int,
             f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
         ]
     return " && ".join(commands)
+
+
+def equal_steps_job(work: Path, task: str, threads: int) -> str:
+    """The baseline trained for exactly as many steps as LDSeg made within its budget (same
+    warm-up and cosine decay, over steps instead of time): per step, who learns more?"""
+    cli = f"{sys.executable} -m ldseg.cli"
+    dataset = work / "data" / TASKS[task]["dataset"]
+    run, pred = work / "runs" / task / EQUAL_STEPS, work / "pred" / task / EQUAL_STEPS
+    steps = _steps(work / "runs" / task / "ldseg")
+    return " && ".join([
+        f"rm -rf {run}",
+        f"{cli} train {dataset} -o {run} --threads {threads} --no-progress "
+        f"{' '.join(train_flags(task))} --model baseline --epochs 1 --iters-per-epoch {steps}",
+        f"{cli} predict -m {run} -i {dataset}/imagesTs -o {pred} --save-probabilities "
+        "--overwrite --no-progress",
+        f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
+    ])
 
 
 def robustness_job(work: Path, task: str, sigmas: str, steps: int, samples: int) -> str:
@@ -119,7 +137,8 @@ def task_results(work: Path, task: str) -> dict:
     out["steps"] = {m: _steps(work / "runs" / task / m) for m in MODELS}
     out["budgets"] = {m: _load(work / "runs" / task / m / "config.json").get("train", {})
                       .get("budget_minutes") for m in MODELS}
-    for folder in PREDICTIONS:
+    out["steps"][EQUAL_STEPS] = _steps(work / "runs" / task / EQUAL_STEPS)
+    for folder in (*PREDICTIONS, EQUAL_STEPS):
         summary = _load(work / "pred" / task / folder / "summary.json")
         if summary:
             out["predictions"][folder] = summary
@@ -137,7 +156,8 @@ def task_results(work: Path, task: str) -> dict:
 
 def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps: int) -> str:
     s8 = f"LDSeg, mean of {ldseg_samples}"
-    labels = {"ldseg_s1": "LDSeg, 1 sample", "ldseg_s8": s8, "baseline": "baseline U-Net"}
+    labels = {"ldseg_s1": "LDSeg, 1 sample", "ldseg_s8": s8, "baseline": "baseline U-Net",
+              EQUAL_STEPS: "baseline U-Net, LDSeg's number of steps"}
     results = {t: task_results(work, t) for t in tasks}
     lines = [
         "# LDSeg vs a deterministic U-Net on the sample data", "",
@@ -159,7 +179,7 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
             mean = summary["mean"]
             dice = ", ".join(f"{names.get(k, k)} {_fmt(v['Dice'])}" for k, v in mean.items())
             hd95 = ", ".join(_fmt(v["HD95"], 1) for v in mean.values())
-            model = "baseline" if folder == "baseline" else "ldseg"
+            model = folder if folder in ("baseline", EQUAL_STEPS) else "ldseg"
             lines.append(f"| {task} | {labels[folder]} | {r['steps'][model]} | {r['grid']} | "
                          f"{dice} | {hd95} | {_fmt(summary['foreground_mean']['Dice'])} |")
     lines += ["", "## Calibration (expected calibration error, 15 bins, foreground classes)", "",
@@ -169,9 +189,9 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
     for task, r in results.items():
         p = r["predictions"]
         ece = {f: p[f]["foreground_mean"].get("ECE", math.nan) if f in p else math.nan
-               for f in labels}
+               for f in PREDICTIONS}
         ueo = {f: p[f].get("uncertainty_mean", {}).get("UEO", math.nan) if f in p else math.nan
-               for f in labels}
+               for f in PREDICTIONS}
         better = ("n/a" if not all(map(math.isfinite, (ece["ldseg_s8"], ece["baseline"])))
                   else "yes" if ece["ldseg_s8"] < ece["baseline"] else "no")
         lines.append(f"| {task} | {_fmt(ece['ldseg_s8'], 4)} | {_fmt(ece['ldseg_s1'], 4)} | "
@@ -239,6 +259,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8,
                         help="LDSeg samples for the uncertainty prediction")
     parser.add_argument("--robustness-samples", type=int, default=1)
+    parser.add_argument("--equal-steps", action="store_true",
+                        help="also train the baseline for LDSeg's number of steps")
+    parser.add_argument("--equal-steps-only", action="store_true",
+                        help="only the --equal-steps runs, in a finished --work folder")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "work_dirs" / "accuracy")
     parser.add_argument("--output", type=Path,
@@ -250,7 +274,13 @@ def main() -> None:
         sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
     budgets = parse_budgets(args.budget_minutes, tasks)
     threads, jobs = job_layout(args.parallel, args.threads)
-    if not args.report_only:
+    if args.equal_steps_only:
+        eq = {f"{t}_{EQUAL_STEPS}": ["bash", "-c", equal_steps_job(args.work, t, threads)]
+              for t in tasks}
+        codes = run_jobs(eq, jobs, args.work / "logs")
+        if any(codes.values()):
+            print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
+    elif not args.report_only:
         if not DATA.is_dir():
             sys.exit(f"sample data not found at {DATA}")
         for task in tasks:
@@ -262,6 +292,9 @@ def main() -> None:
         rob = {f"{t}_robustness": ["bash", "-c", robustness_job(
             args.work, t, args.sigmas, args.steps, args.robustness_samples)]
             for t in tasks if not codes[f"{t}_ldseg"] and not codes[f"{t}_baseline"]}
+        if args.equal_steps:
+            rob |= {f"{t}_{EQUAL_STEPS}": ["bash", "-c", equal_steps_job(args.work, t, threads)]
+                    for t in tasks if not codes[f"{t}_ldseg"]}
         codes |= run_jobs(rob, jobs, args.work / "logs")
         if any(codes.values()):
             print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)

@@ -62,6 +62,9 @@ def _add_train(sub) -> None:
     g.add_argument("--flip-axes", type=_ints, default=None,
                    help="spatial axes to mirror at random (default: all in 2D, none in 3D)")
     g.add_argument("--no-intensity-augment", action="store_true")
+    g.add_argument("--noise-augment", type=float, metavar="STD",
+                   help="Gaussian image noise in training: per sample a std drawn from [0, STD], "
+                        "in units of the z-scored image (0 = off; default 0.05)")
     m = p.add_argument_group("model and diffusion")
     m.add_argument("--model", choices=("ldseg", "baseline"), default="ldseg",
                    help="baseline: a deterministic MONAI U-Net (Dice + CE loss) "
@@ -212,6 +215,7 @@ def _cmd_train(args) -> None:
         val_every=args.val_every, val_fraction=args.val_fraction, val_cases=args.val_cases,
         flip_axes=args.flip_axes if args.flip_axes is not None else (),
         intensity_augment=not args.no_intensity_augment, seed=args.seed,
+        **({} if args.noise_augment is None else {"noise_augment_std": args.noise_augment}),
         num_threads=args.threads, gradient_checkpointing=args.grad_checkpoint,
     )
     dc = DiffusionConfig(schedule=args.schedule, denoised_rule=args.denoised_rule,
