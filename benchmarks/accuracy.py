@@ -63,12 +63,13 @@ EQUAL_STEPS = "baseline_equal_steps"  # optional (--equal-steps): run and predic
 
 
 def task_job(work: Path, task: str, model: str, budget: float, threads: int,
-             steps: int, ldseg_samples: int) -> str:
+             steps: int, ldseg_samples: int, extra_flags: str = "") -> str:
     """Train one model of a task, then predict and evaluate with it: one shell chain."""
     cli = f"{sys.executable} -m ldseg.cli"
     dataset = work / "data" / TASKS[task]["dataset"]
     run = work / "runs" / task / model
-    extra = " --model baseline" if model == "baseline" else ""
+    extra = (" --model baseline" if model == "baseline" else "") + (
+        f" {extra_flags}" if extra_flags else "")
     commands = [f"rm -rf {run}",
                 f"{cli} train {dataset} -o {run} --threads {threads} --no-progress "
                 f"{' '.join(train_flags(task))} --budget-minutes {budget:g}{extra}"]
@@ -154,7 +155,8 @@ def task_results(work: Path, task: str) -> dict:
     return out
 
 
-def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps: int) -> str:
+def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps: int,
+           train_flags: str = "") -> str:
     s8 = f"LDSeg, mean of {ldseg_samples}"
     labels = {"ldseg_s1": "LDSeg, 1 sample", "ldseg_s8": s8, "baseline": "baseline U-Net",
               EQUAL_STEPS: "baseline U-Net, LDSeg's number of steps"}
@@ -168,7 +170,8 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
                     for t in tasks) + ". Train on cases 1-4, test "
         f"case 5; LDSeg samples with {steps} DDIM steps; scores by `ldseg evaluate` in the "
         "original geometry. The baseline is MONAI's UNet (`ldseg train --model baseline`) "
-        "through the same planning, grid, preprocessing, augmentation, EMA and budget.", "",
+        "through the same planning, grid, preprocessing, augmentation, EMA and budget."
+        + (f" Both trained with `{train_flags}`." if train_flags else ""), "",
         "## Accuracy", "",
         "| task | model | training steps | grid | Dice per class | HD95 per class (mm) "
         "| foreground Dice |", "| --- | --- | --- | --- | --- | --- | --- |",
@@ -259,6 +262,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8,
                         help="LDSeg samples for the uncertainty prediction")
     parser.add_argument("--robustness-samples", type=int, default=1)
+    parser.add_argument("--train-flags", default="",
+                        help="extra `ldseg train` flags for both models, e.g. "
+                             "'--noise-augment 0.5'")
     parser.add_argument("--equal-steps", action="store_true",
                         help="also train the baseline for LDSeg's number of steps")
     parser.add_argument("--equal-steps-only", action="store_true",
@@ -286,7 +292,7 @@ def main() -> None:
         for task in tasks:
             import_dataset(args.work, TASKS[task]["dataset"], *TASKS[task]["data"])
         train = {f"{t}_{m}": ["bash", "-c", task_job(args.work, t, m, budgets[t], threads,
-                                                    args.steps, args.samples)]
+                                                    args.steps, args.samples, args.train_flags)]
                  for t in tasks for m in MODELS}
         codes = run_jobs(train, jobs, args.work / "logs")
         rob = {f"{t}_robustness": ["bash", "-c", robustness_job(
@@ -298,7 +304,7 @@ def main() -> None:
         codes |= run_jobs(rob, jobs, args.work / "logs")
         if any(codes.values()):
             print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
-    text = report(args.work, tasks, threads, args.samples, args.steps)
+    text = report(args.work, tasks, threads, args.samples, args.steps, args.train_flags)
     with atomic_write(args.output) as tmp:
         tmp.write_text(text)
     print(text)
