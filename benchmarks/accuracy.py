@@ -60,6 +60,7 @@ def train_flags(task: str) -> list[str]:
 # Prediction folder -> (model, samples); "ldseg_s8" takes --samples (8 by default).
 PREDICTIONS = {"ldseg_s1": ("ldseg", 1), "ldseg_s8": ("ldseg", 8), "baseline": ("baseline", 1)}
 EQUAL_STEPS = "baseline_equal_steps"  # optional (--equal-steps): run and prediction folder
+AUTOENCODER = "ldseg_autoencoder"  # the test labels through LDSeg's label autoencoder
 
 
 def task_job(work: Path, task: str, model: str, budget: float, threads: int,
@@ -83,7 +84,20 @@ def task_job(work: Path, task: str, model: str, budget: float, threads: int,
             f"--samples {samples} --save-probabilities --save-samples --overwrite --no-progress",
             f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
         ]
+    if model == "ldseg":
+        commands.append(autoencode_job(work, task))
     return " && ".join(commands)
+
+
+def autoencode_job(work: Path, task: str) -> str:
+    """The test labels through LDSeg's label encoder and decoder, scored like a prediction:
+    the Dice that even a perfect denoiser could not exceed with this latent and decoder."""
+    cli = f"{sys.executable} -m ldseg.cli"
+    dataset = work / "data" / TASKS[task]["dataset"]
+    pred = work / "pred" / task / AUTOENCODER
+    return (f"{cli} autoencode -m {work / 'runs' / task / 'ldseg'} -i {dataset}/labelsTs "
+            f"-o {pred} --overwrite --no-progress && "
+            f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json")
 
 
 def equal_steps_job(work: Path, task: str, threads: int) -> str:
@@ -139,7 +153,7 @@ def task_results(work: Path, task: str) -> dict:
     out["budgets"] = {m: _load(work / "runs" / task / m / "config.json").get("train", {})
                       .get("budget_minutes") for m in MODELS}
     out["steps"][EQUAL_STEPS] = _steps(work / "runs" / task / EQUAL_STEPS)
-    for folder in (*PREDICTIONS, EQUAL_STEPS):
+    for folder in (*PREDICTIONS, EQUAL_STEPS, AUTOENCODER):
         summary = _load(work / "pred" / task / folder / "summary.json")
         if summary:
             out["predictions"][folder] = summary
@@ -159,7 +173,8 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
            train_flags: str = "") -> str:
     s8 = f"LDSeg, mean of {ldseg_samples}"
     labels = {"ldseg_s1": "LDSeg, 1 sample", "ldseg_s8": s8, "baseline": "baseline U-Net",
-              EQUAL_STEPS: "baseline U-Net, LDSeg's number of steps"}
+              EQUAL_STEPS: "baseline U-Net, LDSeg's number of steps",
+              AUTOENCODER: "LDSeg's label autoencoder on the reference (its ceiling)"}
     results = {t: task_results(work, t) for t in tasks}
     lines = [
         "# LDSeg vs a deterministic U-Net on the sample data", "",
@@ -269,6 +284,8 @@ def main() -> None:
                         help="also train the baseline for LDSeg's number of steps")
     parser.add_argument("--equal-steps-only", action="store_true",
                         help="only the --equal-steps runs, in a finished --work folder")
+    parser.add_argument("--autoencode-only", action="store_true",
+                        help="only the label-autoencoder ceiling, in a finished --work folder")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "work_dirs" / "accuracy")
     parser.add_argument("--output", type=Path,
@@ -280,7 +297,12 @@ def main() -> None:
         sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
     budgets = parse_budgets(args.budget_minutes, tasks)
     threads, jobs = job_layout(args.parallel, args.threads)
-    if args.equal_steps_only:
+    if args.autoencode_only:
+        codes = run_jobs({f"{t}_{AUTOENCODER}": ["bash", "-c", autoencode_job(args.work, t)]
+                          for t in tasks}, jobs, args.work / "logs")
+        if any(codes.values()):
+            print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
+    elif args.equal_steps_only:
         eq = {f"{t}_{EQUAL_STEPS}": ["bash", "-c", equal_steps_job(args.work, t, threads)]
               for t in tasks}
         codes = run_jobs(eq, jobs, args.work / "logs")

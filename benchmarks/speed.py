@@ -34,11 +34,14 @@ REFERENCE = {
     "infer2d_512_unoptimised": (2.66, 3.05),
     "train2d_512": (32.0, 11.2),  # s/step, GB
     "train2d_512_checkpointing": (32.0, 11.2),
+    "train2d_512_lean": (32.0, 11.2),
+    "train2d_512_lean_checkpointing": (32.0, 11.2),
     "infer3d_ref": (59.6, 3.6),  # s/volume, GB
     "infer2d_256": (67.0, None),  # MedSegDiff (pixel space), 15 steps x 4.5 s
 }
 TARGET = {"infer2d_512": (0.5, 0.6), "infer2d_512_compiled": (0.5, 0.6),
           "train2d_512": (8.0, 3.0), "train2d_512_checkpointing": (8.0, 3.0),
+          "train2d_512_lean": (8.0, 3.0), "train2d_512_lean_checkpointing": (8.0, 3.0),
           "infer3d_ref": (15.0, 2.0)}
 
 
@@ -145,13 +148,14 @@ def infer3d_default(repeats: int) -> dict:
     return _inference(3, (48, 48, 64), 1, 3, 1, 1, repeats, model_cfg=default_model(3, 1, 3))
 
 
-def train2d_512(repeats: int, checkpointing: bool = False) -> dict:
-    """One real Trainer step (augmentation, forward, backward, Adam, EMA) at 512x512 RGB."""
+def train2d_512(repeats: int, checkpointing: bool = False, size: str = "reference") -> dict:
+    """One real Trainer step (augmentation, forward, backward, Adam, EMA) at 512x512 RGB, at
+    the reference widths (what the reference's figures are for) unless `size` says lean."""
     import numpy as np
     from PIL import Image
 
     from ldseg.data.dataset import list_cases, load_dataset_spec, write_dataset_json
-    from ldseg.training.plan import plan_run
+    from ldseg.training.plan import default_model, plan_run
     from ldseg.training.trainer import Trainer
 
     rng = np.random.default_rng(0)
@@ -169,7 +173,8 @@ def train2d_512(repeats: int, checkpointing: bool = False) -> dict:
         write_dataset_json(root, ["R", "G", "B"], ["background", "object"], 4, ".png",
                            "rgb512")
         spec = load_dataset_spec(root)
-        config = plan_run(spec, [(512, 512)] * 4, [(1.0, 1.0)] * 4, grid=(512, 512))
+        config = plan_run(spec, [(512, 512)] * 4, [(1.0, 1.0)] * 4, grid=(512, 512),
+                          model=default_model(2, 3, 2, size=size))
         config.train.batch_size, config.train.val_fraction = 4, 0.0
         config.train.gradient_checkpointing = checkpointing
         trainer = Trainer(config, Path(tmp) / "run", list_cases(spec), [], progress_bar=False)
@@ -221,10 +226,20 @@ def train2d_512_checkpointing(repeats: int) -> dict:
     return train2d_512(repeats, checkpointing=True)
 
 
+def train2d_512_lean(repeats: int) -> dict:
+    """The step at ldseg's default (lean) widths."""
+    return train2d_512(repeats, size="lean")
+
+
+def train2d_512_lean_checkpointing(repeats: int) -> dict:
+    return train2d_512(repeats, checkpointing=True, size="lean")
+
+
 SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_512_unoptimised,
                                        infer2d_512_compiled, infer2d_256,
                                        infer2d_256_s8, infer3d_ref, infer3d_default,
                                        train2d_512, train2d_512_checkpointing,
+                                       train2d_512_lean, train2d_512_lean_checkpointing,
                                        profile2d_512)}
 
 
@@ -254,8 +269,9 @@ def fmt(value, digits: int = 2) -> str:
 
 
 def write_report(results: dict, threads: int, repeats: int) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
+    from provenance import commit as git_commit
+
+    commit = git_commit()  # with -dirty when the measured code is not exactly the commit
     ceil = results.get("ceiling", {})
     lines = [
         "# Speed and memory (`benchmarks/speed.py`)", "",

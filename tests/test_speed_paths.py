@@ -122,8 +122,9 @@ def test_upsample_conv_is_conv_of_the_nearest_upsampling(dims):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-12)
 
 
-@pytest.mark.parametrize("dims,chunks", [(2, 4), (2, 3), (3, 2)])
-def test_block_in_place_and_in_channel_chunks_is_the_same_function(dims, chunks):
+@pytest.mark.parametrize("dims,chunks,channels_last", [(2, 4, False), (2, 3, True), (3, 2, False),
+                                                      (3, 4, True)])
+def test_block_in_place_and_in_channel_chunks_is_the_same_function(dims, chunks, channels_last):
     """The low-memory inference block (output accumulated into its input, convs a few
     GroupNorm groups at a time) against the plain block, in float64."""
     from ldseg.model.networks import ResBlock
@@ -134,6 +135,10 @@ def test_block_in_place_and_in_channel_chunks_is_the_same_function(dims, chunks)
         torch.nn.init.normal_(norm.weight)
         torch.nn.init.normal_(norm.bias)
     x = torch.randn(2, 16, *(6,) * dims, dtype=torch.float64)
+    if channels_last:  # the in-place norm then works on a (B, voxels, C) view
+        layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+        block = block.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
     with torch.inference_mode():
         expected = block._forward(x)
         got = block.forward_into_input(x.clone(), chunks=chunks)
@@ -149,4 +154,5 @@ def test_low_memory_decoder_gives_the_same_segmentation(dims, grid):
     model.label_decoder.low_memory_elements = 0  # every stage takes the low-memory path
     probs, labels = segment(model, images, memory_format)
     assert torch.equal(labels, reference[1])
-    assert torch.allclose(probs, reference[0], atol=1e-5)
+    # float32: the in-place GroupNorm sums in another order than PyTorch's kernel
+    assert (probs - reference[0]).abs().max() < 1e-4

@@ -1,5 +1,5 @@
-"""`ldseg` command line: import | check | train | predict | evaluate | robustness | demo | info
-| report.
+"""`ldseg` command line: import | check | train | predict | evaluate | robustness | autoencode
+| demo | info | report.
 
 A user-fixable problem (`LdsegError`) is printed as one line and exits with status 1; `--debug`
 shows the traceback instead.
@@ -190,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="also write report.html next to summary.json")
     _add_robustness(sub)
+
+    p = sub.add_parser("autoencode", help="reference labels through the label encoder and "
+                       "decoder: the Dice an LDSeg run can at most reach (score with evaluate)")
+    p.add_argument("-m", "--model", type=Path, required=True, help="LDSeg run folder or model")
+    p.add_argument("-i", "--input", type=Path, required=True, help="folder of label maps")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> predict -> evaluate")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
@@ -397,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_info(args)
         elif args.command == "robustness":
             _cmd_robustness(args)
+        elif args.command == "autoencode":
+            from ldseg.inference.autoencode import autoencode_folder
+
+            written = autoencode_folder(args.model, args.input, args.output,
+                                        checkpoint=args.checkpoint, device=args.device,
+                                        overwrite=args.overwrite,
+                                        progress_bar=not args.no_progress)
+            print(f"wrote {len(written)} reconstructed label map(s) to {args.output}")
         elif args.command == "report":
             _cmd_report(args)
     except LdsegError as exc:
