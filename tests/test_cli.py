@@ -150,7 +150,8 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     for size in ("lean", "reference"):
         run = tmp_path / size
         # lean and noise 0.05 are the defaults
-        flags = [] if size == "lean" else ["--size", "reference", "--noise-augment", "0.3"]
+        flags = [] if size == "lean" else ["--size", "reference", "--noise-augment", "0.3",
+                                           "--downsamplings", "3"]
         assert run_cli(["train", easy, "-o", run, *FAST[:2], "--epochs", "1",
                         "--iters-per-epoch", "1", "--batch-size", "2", "--no-progress",
                         *flags], capsys)[0] == 0
@@ -158,6 +159,6 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
         model, noise[size] = config["model"], config["train"]["noise_augment_std"]
         widths[size] = (model["label_encoder_widths"], model["image_encoder_widths"],
                         model["label_decoder_widths"])
-    assert widths["reference"] == ([16, 32, 64, 64, 32], [32, 64, 64, 32], [32, 64, 64, 32])
+    assert widths["reference"] == ([16, 32, 64, 32], [32, 64, 32], [32, 64, 32])
     assert widths["lean"] == ([8, 32, 64, 64, 32], [16, 32, 64, 32], [32, 64, 32, 16])
     assert noise == {"lean": 0.05, "reference": 0.3}

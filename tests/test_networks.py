@@ -102,3 +102,28 @@ def test_lean_size_cuts_the_training_flops_and_keeps_the_latent(dims, grid):
     assert flops["lean"] < 0.6 * flops["reference"]
     with pytest.raises(LdsegError, match="size"):
         default_model(dims, 1, 3, size="huge")
+
+
+@pytest.mark.parametrize("dims,grid", [(2, (32, 48)), (3, (16, 16, 32))])
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_downsamplings_set_the_latent_grid_and_keep_the_full_resolution_ends(dims, grid, n):
+    from ldseg.model.baseline import BaselineUNet
+
+    default = default_model(dims, 1, 3)
+    cfg = default_model(dims, 1, 3, downsamplings=n)
+    assert cfg.downsample_factor == 2**n
+    assert cfg.label_encoder_widths[0] == default.label_encoder_widths[0]
+    assert cfg.image_encoder_widths[0] == default.image_encoder_widths[0]
+    assert cfg.label_decoder_widths[-1] == default.label_decoder_widths[-1]
+    grid = tuple(g * 2**n // 8 for g in grid)  # a multiple of 2^n
+    model = LDSeg(cfg)
+    y = torch.randint(0, 3, (1, *grid))
+    z = model.label_encoder(y)
+    assert z.shape[2:] == tuple(g // 2**n for g in grid)
+    assert model.image_encoder(torch.randn(1, 1, *grid)).shape[2:] == z.shape[2:]
+    assert model.label_decoder(z).shape == (1, 3, *grid)
+    base = default_model(dims, 1, 3, "baseline", downsamplings=n)
+    assert base.downsample_factor == 2**n
+    assert BaselineUNet(base)(torch.randn(1, 1, *grid)).shape == (1, 3, *grid)
+    with pytest.raises(LdsegError, match="downsamplings"):
+        default_model(dims, 1, 3, downsamplings=0)

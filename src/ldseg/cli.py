@@ -73,6 +73,9 @@ def _add_train(sub) -> None:
                    help="LDSeg widths: lean (default; narrow full-resolution stages, 2-3x "
                         "faster steps) or reference (the method page's)")
     m.add_argument("--latent-channels", type=int)
+    m.add_argument("--downsamplings", type=int, metavar="N",
+                   help="latent grid = 1/2^N of the model grid per axis (default: 4 in 2D, 3 "
+                        "in 3D); the baseline downsamples as often")
     m.add_argument("--norm", choices=("group", "batch"))
     m.add_argument("--label-input", choices=("onehot", "integer"))
     m.add_argument("--schedule", choices=("cosine", "linear", "quadratic"), default="cosine")
@@ -233,12 +236,14 @@ def _cmd_train(args) -> None:
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}
-    if overrides or args.model != "ldseg" or args.size != "lean":
+    if (overrides or args.model != "ldseg" or args.size != "lean"
+            or args.downsamplings is not None):
         from ldseg.data.dataset import load_dataset_spec
 
         spec = load_dataset_spec(args.dataset)
         model = default_model(args.dims or spec.spatial_dims, spec.num_channels, spec.num_classes,
-                              architecture=args.model, size=args.size)
+                              architecture=args.model, size=args.size,
+                              downsamplings=args.downsamplings)
         for k, v in overrides.items():
             setattr(model, k, v)
         if args.latent_channels:

@@ -190,7 +190,9 @@ class ImageEncoder(nn.Module):
             layers.append(ResBlock(d, prev, cur, cfg.norm, cfg.dropout))
             layers.append(conv(cur, cur, 3, stride=2, padding=1))
             layers.append(make_norm("group", cur))
-            if cfg.image_encoder_attention and i >= len(w) - 2:
+            # Self-attention on the two coarsest grids, never above 1/4 of the input per axis:
+            # with few downsamplings (--downsamplings 2) a 1/2-resolution grid has 10^4+ tokens.
+            if cfg.image_encoder_attention and i >= max(len(w) - 2, 1):
                 layers.append(_attention(d, cur, cfg.attention_head_channels))
             prev = cur
         layers.append(conv(prev, cfg.image_latent_channels, 1))

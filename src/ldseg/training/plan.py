@@ -17,7 +17,8 @@ SIZES = ("lean", "reference")
 
 
 def default_model(spatial_dims: int, in_channels: int, num_classes: int,
-                  architecture: str = "ldseg", size: str = "lean") -> ModelConfig:
+                  architecture: str = "ldseg", size: str = "lean",
+                  downsamplings: int | None = None) -> ModelConfig:
     """The networks `ldseg train` builds.
 
     "reference": the method page's widths in 2D. In 3D on a CPU the grid is small, so the
@@ -34,7 +35,10 @@ def default_model(spatial_dims: int, in_channels: int, num_classes: int,
 
     The baseline U-Net downsamples as often as the label encoder (so both plan the same grid)
     and has about as many parameters as the reference LDSeg: 2D 1.63 M vs 1.83 M, 3D 4.7 M
-    vs 5.8 M."""
+    vs 5.8 M.
+
+    `downsamplings` (default 4 in 2D, 3 in 3D) sets the latent grid, 1/2^n of the model grid
+    per axis; fewer drop the innermost stages of the encoders and the decoder."""
     if size not in SIZES:
         raise LdsegError(f"model size must be one of {SIZES}, got '{size}'")
     if spatial_dims == 2:
@@ -54,10 +58,32 @@ def default_model(spatial_dims: int, in_channels: int, num_classes: int,
             model = replace(model, label_encoder_widths=(8, 32, 64, 32), image_encoder_stem=8,
                             image_encoder_widths=(16, 32, 32),
                             label_decoder_widths=(32, 32, 16))
+    if downsamplings is not None:
+        model = with_downsamplings(model, downsamplings)
     if architecture == "baseline":
-        widths = (16, 32, 64, 128, 256) if spatial_dims == 2 else (32, 64, 128, 256)
+        first = 16 if spatial_dims == 2 else 32  # 2D (16, ..., 256), 3D (32, ..., 256)
+        widths = tuple(min(first * 2**i, 256) for i in range(len(model.label_encoder_widths)))
         model = replace(model, architecture="baseline", baseline_widths=widths)
     return model
+
+
+def with_downsamplings(model: ModelConfig, n: int) -> ModelConfig:
+    """The same networks with n downsamplings: stages are dropped from (or the innermost width
+    repeated into) the low-resolution middle, so the full-resolution ends stay as they are."""
+    if not 1 <= n <= 6:
+        raise LdsegError(f"downsamplings must be between 1 and 6, got {n}")
+
+    def resize(widths: tuple[int, ...], length: int, keep_last: bool) -> tuple[int, ...]:
+        if keep_last:  # the decoder: its last (full-resolution) stages are kept
+            return resize(widths[::-1], length, False)[::-1]
+        if length < len(widths):  # the encoders: keep the first stages and the output width
+            return widths[:length - 1] + widths[-1:]
+        return widths[:-1] + (widths[-2],) * (length - len(widths)) + widths[-1:]
+
+    return replace(model,
+                   label_encoder_widths=resize(model.label_encoder_widths, n + 1, False),
+                   image_encoder_widths=resize(model.image_encoder_widths, n, False),
+                   label_decoder_widths=resize(model.label_decoder_widths, n, True))
 
 
 def plan_run(
