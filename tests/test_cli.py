@@ -146,12 +146,12 @@ def test_missing_paths(args, capsys):
 
 
 def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsys):
-    widths, noise = {}, {}
+    widths, noise, image_latent = {}, {}, {}
     for size in ("lean", "reference"):
         run = tmp_path / size
-        # lean and noise 0.05 are the defaults
+        # lean, a planned latent factor, 4 image-latent channels and noise 1.0 are the defaults
         flags = [] if size == "lean" else ["--size", "reference", "--noise-augment", "0.3",
-                                           "--downsamplings", "3"]
+                                           "--downsamplings", "3", "--image-latent-channels", "2"]
         assert run_cli(["train", easy, "-o", run, *FAST[:2], "--epochs", "1",
                         "--iters-per-epoch", "1", "--batch-size", "2", "--no-progress",
                         *flags], capsys)[0] == 0
@@ -159,6 +159,9 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
         model, noise[size] = config["model"], config["train"]["noise_augment_std"]
         widths[size] = (model["label_encoder_widths"], model["image_encoder_widths"],
                         model["label_decoder_widths"])
+        image_latent[size] = model["image_latent_channels"]
     assert widths["reference"] == ([16, 32, 64, 32], [32, 64, 32], [32, 64, 32])
-    assert widths["lean"] == ([8, 32, 64, 64, 32], [16, 32, 64, 32], [32, 64, 32, 16])
-    assert noise == {"lean": 0.05, "reference": 0.3}
+    # a 32x32 grid: the planner keeps a 16x16 latent, one downsampling
+    assert widths["lean"] == ([8, 32], [32], [32])
+    assert image_latent == {"lean": 4, "reference": 2}
+    assert noise == {"lean": 1.0, "reference": 0.3}

@@ -63,8 +63,9 @@ def _add_train(sub) -> None:
                    help="spatial axes to mirror at random (default: all in 2D, none in 3D)")
     g.add_argument("--no-intensity-augment", action="store_true")
     g.add_argument("--noise-augment", type=float, metavar="STD",
-                   help="Gaussian image noise in training: per sample a std drawn from [0, STD], "
-                        "in units of the z-scored image (0 = off; default 0.05)")
+                   help="Gaussian image noise in training, as a noisy scan looks after "
+                        "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "
+                        "rescaled to unit variance (0 = off; default 1.0)")
     m = p.add_argument_group("model and diffusion")
     m.add_argument("--model", choices=("ldseg", "baseline"), default="ldseg",
                    help="baseline: a deterministic MONAI U-Net (Dice + CE loss) "
@@ -72,10 +73,15 @@ def _add_train(sub) -> None:
     m.add_argument("--size", choices=("lean", "reference"), default="lean",
                    help="LDSeg widths: lean (default; narrow full-resolution stages, 2-3x "
                         "faster steps) or reference (the method page's)")
-    m.add_argument("--latent-channels", type=int)
+    m.add_argument("--latent-channels", type=int,
+                   help="label-latent channels (the image latent gets as many unless "
+                        "--image-latent-channels is given)")
+    m.add_argument("--image-latent-channels", type=int, metavar="N",
+                   help="channels of the image latent the denoiser is conditioned on")
     m.add_argument("--downsamplings", type=int, metavar="N",
-                   help="latent grid = 1/2^N of the model grid per axis (default: 4 in 2D, 3 "
-                        "in 3D); the baseline downsamples as often")
+                   help="latent grid = 1/2^N of the model grid per axis (default: planned, at "
+                        "most 4 in 2D and 3 in 3D, fewer for small grids); for the baseline, "
+                        "its U-Net's depth (default 4 in 2D, 3 in 3D)")
     m.add_argument("--norm", choices=("group", "batch"))
     m.add_argument("--label-input", choices=("onehot", "integer"))
     m.add_argument("--schedule", choices=("cosine", "linear", "quadratic"), default="cosine")
@@ -236,18 +242,18 @@ def _cmd_train(args) -> None:
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}
-    if (overrides or args.model != "ldseg" or args.size != "lean"
-            or args.downsamplings is not None):
+    if overrides or args.model != "ldseg" or args.size != "lean" or args.image_latent_channels:
         from ldseg.data.dataset import load_dataset_spec
 
         spec = load_dataset_spec(args.dataset)
         model = default_model(args.dims or spec.spatial_dims, spec.num_channels, spec.num_classes,
-                              architecture=args.model, size=args.size,
-                              downsamplings=args.downsamplings)
+                              architecture=args.model, size=args.size)
         for k, v in overrides.items():
             setattr(model, k, v)
         if args.latent_channels:
             model.image_latent_channels = args.latent_channels
+        if args.image_latent_channels:
+            model.image_latent_channels = args.image_latent_channels
     if args.resume:
         state = train(args.dataset, args.output, RunConfig(train=tc), resume=True,
                       progress_bar=not args.no_progress, allow_nan=args.allow_nan)
@@ -256,7 +262,8 @@ def _cmd_train(args) -> None:
                       overwrite=args.overwrite, allow_nan=args.allow_nan, dims=args.dims,
                       grid=args.grid, max_voxels=args.max_voxels,
                       slice_axis=args.slice_axis, model=model, diffusion=dc, train=tc,
-                      auto_flips=args.flip_axes is None, keep_aspect=not args.no_keep_aspect)
+                      auto_flips=args.flip_axes is None, keep_aspect=not args.no_keep_aspect,
+                      downsamplings="auto" if args.downsamplings is None else args.downsamplings)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     if rank_from_env() == 0:  # under torchrun every rank holds the same result
         print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "

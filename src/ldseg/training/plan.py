@@ -16,6 +16,26 @@ from ldseg.errors import LdsegError
 SIZES = ("lean", "reference")
 
 
+# LDSeg's latent grid is 1/2^n of the model grid per axis. n is at most DOWNSAMPLINGS (the
+# method page's 1/16 in 2D; 1/8 in 3D, where CPU-sized grids are small) and is lowered until
+# the latent's shortest axis keeps MIN_LATENT_AXIS voxels. At the method page's 512x512 the
+# 1/16 latent is 32x32; at smaller grids a fixed 1/16 leaves the label latent too coarse to
+# hold the shapes: knee MRI slices at 160x112, 1/16 = 10x7, the label autoencoder alone (no
+# denoiser) reached Dice 0.953 and LDSeg 0.919; at 1/8 (20x14) 0.975 and 0.931-0.941. GlaS at
+# 224x320 keeps 1/16 (14x20): 1/8 scored 0.855 against 0.902 (benchmarks/results/accuracy.md).
+DOWNSAMPLINGS = {2: 4, 3: 3}
+MIN_LATENT_AXIS = {2: 12, 3: 4}
+
+
+def planned_downsamplings(grid: tuple[int, ...], most: int | None = None) -> int:
+    """The number of 2x downsamplings to the latent for a model grid (see MIN_LATENT_AXIS)."""
+    dims = len(grid)
+    n = DOWNSAMPLINGS[dims] if most is None else most
+    while n > 1 and min(grid) / 2**n < MIN_LATENT_AXIS[dims]:
+        n -= 1
+    return n
+
+
 def default_model(spatial_dims: int, in_channels: int, num_classes: int,
                   architecture: str = "ldseg", size: str = "lean",
                   downsamplings: int | None = None) -> ModelConfig:
@@ -31,14 +51,15 @@ def default_model(spatial_dims: int, in_channels: int, num_classes: int,
     these few layers were most of a training step: one step is 2x (2D, knee 160x112, batch 8:
     0.75 -> 0.38 s) to 3.3x (3D, 56x40x80, batch 2: 3.88 -> 1.17 s) faster, so a wall-clock
     budget buys that many more steps (benchmarks/results/accuracy.md). The latent, the
-    denoiser and the sampler are unchanged.
+    denoiser and the sampler are unchanged. In 2D its image latent has 4 channels (the
+    reference's 1 is a bottleneck: knee slices 0.911 with 1, 0.931-0.941 with 2, 4 or 8).
 
-    The baseline U-Net downsamples as often as the label encoder (so both plan the same grid)
-    and has about as many parameters as the reference LDSeg: 2D 1.63 M vs 1.83 M, 3D 4.7 M
-    vs 5.8 M.
+    The baseline U-Net downsamples DOWNSAMPLINGS times (so both plan the same grid) and has
+    about as many parameters as the reference LDSeg: 2D 1.63 M vs 1.83 M, 3D 4.7 M vs 5.8 M.
 
-    `downsamplings` (default 4 in 2D, 3 in 3D) sets the latent grid, 1/2^n of the model grid
-    per axis; fewer drop the innermost stages of the encoders and the decoder."""
+    `downsamplings` (default DOWNSAMPLINGS; `plan_run` lowers it for small grids) sets the
+    latent grid, 1/2^n of the model grid per axis; fewer drop the innermost stages of the
+    encoders and the decoder."""
     if size not in SIZES:
         raise LdsegError(f"model size must be one of {SIZES}, got '{size}'")
     if spatial_dims == 2:
@@ -46,7 +67,7 @@ def default_model(spatial_dims: int, in_channels: int, num_classes: int,
         if size == "lean":
             model = replace(model, label_encoder_widths=(8, 32, 64, 64, 32),
                             image_encoder_stem=8, image_encoder_widths=(16, 32, 64, 32),
-                            label_decoder_widths=(32, 64, 32, 16))
+                            label_decoder_widths=(32, 64, 32, 16), image_latent_channels=4)
     else:
         model = ModelConfig(
             spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
@@ -58,20 +79,24 @@ def default_model(spatial_dims: int, in_channels: int, num_classes: int,
             model = replace(model, label_encoder_widths=(8, 32, 64, 32), image_encoder_stem=8,
                             image_encoder_widths=(16, 32, 32),
                             label_decoder_widths=(32, 32, 16))
-    if downsamplings is not None:
-        model = with_downsamplings(model, downsamplings)
     if architecture == "baseline":
-        first = 16 if spatial_dims == 2 else 32  # 2D (16, ..., 256), 3D (32, ..., 256)
-        widths = tuple(min(first * 2**i, 256) for i in range(len(model.label_encoder_widths)))
-        model = replace(model, architecture="baseline", baseline_widths=widths)
+        model = replace(model, architecture="baseline")
+    if downsamplings is not None or architecture == "baseline":
+        model = with_downsamplings(model, DOWNSAMPLINGS[spatial_dims] if downsamplings is None
+                                   else downsamplings)
     return model
 
 
 def with_downsamplings(model: ModelConfig, n: int) -> ModelConfig:
     """The same networks with n downsamplings: stages are dropped from (or the innermost width
-    repeated into) the low-resolution middle, so the full-resolution ends stay as they are."""
+    repeated into) the low-resolution middle, so the full-resolution ends stay as they are.
+    The baseline gets n + 1 levels doubling from 16 (2D) or 32 (3D) channels, at most 256."""
     if not 1 <= n <= 6:
         raise LdsegError(f"downsamplings must be between 1 and 6, got {n}")
+    if model.architecture == "baseline":
+        first = 16 if model.spatial_dims == 2 else 32  # 2D (16, ..., 256), 3D (32, ..., 256)
+        return replace(model, baseline_widths=tuple(min(first * 2**i, 256)
+                                                    for i in range(n + 1)))
 
     def resize(widths: tuple[int, ...], length: int, keep_last: bool) -> tuple[int, ...]:
         if keep_last:  # the decoder: its last (full-resolution) stages are kept
@@ -100,29 +125,42 @@ def plan_run(
     train: TrainConfig | None = None,
     auto_flips: bool = True,
     keep_aspect: bool = True,
+    downsamplings: int | str | None = None,
 ) -> RunConfig:
-    """Fill in everything the dataset determines; `shapes`/`spacings` are the training cases'."""
+    """Fill in everything the dataset determines; `shapes`/`spacings` are the training cases'.
+
+    `downsamplings`: a number sets the latent factor 2^n (LDSeg) or the U-Net's depth
+    (baseline); "auto" lets LDSeg's planner lower it for small grids (`planned_downsamplings`),
+    which is also what happens when no `model` is given; None with a model keeps it as it is.
+    """
     data_dims = spec.spatial_dims
     dims = dims or data_dims
     if dims > data_dims:
         raise LdsegError(f"{spec.root}: a {data_dims}D dataset cannot train a {dims}D model")
+    auto = downsamplings == "auto" or (downsamplings is None and model is None)
     model = model or default_model(dims, spec.num_channels, spec.num_classes)
     model = replace(model, spatial_dims=dims, in_channels=spec.num_channels,
                     num_classes=spec.num_classes)
+    if isinstance(downsamplings, int):
+        model = with_downsamplings(model, downsamplings)
+    auto = auto and model.architecture == "ldseg"
     model.validate()
-    multiple = model.downsample_factor
     axis = -1
     if dims < data_dims:
         axis = slice_axis_for(tuple(spacings[0]), slice_axis)
         shapes = [tuple(s for a, s in enumerate(shape) if a != axis) for shape in shapes]
         spacings = [tuple(s for a, s in enumerate(sp) if a != axis) for sp in spacings]
-    if grid:
-        if len(grid) != dims or any(g % multiple for g in grid):
-            raise LdsegError(
-                f"grid {grid} must have {dims} axes, each a multiple of {multiple}"
-            )
-    else:
-        grid = choose_grid(shapes, spacings, max_voxels or DEFAULT_GRID_VOXELS[dims], multiple)
+    if not grid:  # at the deepest factor, so the baseline (never lowered) plans the same grid
+        grid = choose_grid(shapes, spacings, max_voxels or DEFAULT_GRID_VOXELS[dims],
+                           model.downsample_factor)
+    if auto and len(grid) == dims:
+        most = len(model.label_encoder_widths) - 1
+        n = planned_downsamplings(tuple(grid), most)
+        if n != most:
+            model = with_downsamplings(model, n)
+    multiple = model.downsample_factor
+    if len(grid) != dims or any(g % multiple for g in grid):
+        raise LdsegError(f"grid {tuple(grid)} must have {dims} axes, each a multiple of {multiple}")
     preprocess = PreprocessConfig(
         spatial_dims=dims, grid=tuple(grid), slice_axis=axis, data_spatial_dims=data_dims,
         keep_aspect=keep_aspect,
