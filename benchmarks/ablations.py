@@ -2,8 +2,9 @@
 
 Trained variants, each for the same wall-clock budget with the demo's settings (128x128 grid,
 4 latent channels, batch 8): the default (denoised latent x0, one-hot label input, per-sample
-noise, lean widths) against `--denoised-rule residual`, `--label-input integer`,
-`--shared-noise` and `--size reference`; each
+noise, lean widths, planned latent factor, noise augmentation) against `--denoised-rule
+residual`, `--label-input integer`, `--shared-noise`, `--size reference`, `--downsamplings 4`
+and `--noise-augment 0`; each
 segments the held-out cases (15 DDIM steps, 1 sample). Then, on the default model: sampling
 steps 1-50 (Dice, seconds per image), DDIM vs DDPM (eta 0 / 1), and 1-16 samples (Dice of the
 mean, ECE, uncertainty-error overlap, GED, seconds per image). The synthetic task (textured
@@ -54,6 +55,10 @@ VARIANTS = {  # name -> (training flags, what it changes)
     "shared-noise": (["--shared-noise"], "one eps repeated across the batch (reference)"),
     "reference-widths": (["--size", "reference"],
                          "the method page's widths (default: lean full-resolution stages)"),
+    "latent-1/16": (["--downsamplings", "4"],
+                    "the method page's 1/16 latent (default: planned, 1/8 at 128x128)"),
+    "no-noise-augment": (["--noise-augment", "0"],
+                         "no acquisition-like noise in training (default: std up to 1.0)"),
 }
 STEPS = (1, 2, 5, 10, 15, 25, 50)
 ETAS = (0.0, 1.0)

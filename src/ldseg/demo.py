@@ -59,6 +59,7 @@ def run_demo(output: Path, *, minutes: float = 10.0, seed: int = 0,
     model = replace(default_model(2, 1, spec.num_classes), latent_channels=DEMO_LATENT_CHANNELS,
                     image_latent_channels=DEMO_LATENT_CHANNELS)
     state = train(dataset, run, progress_bar=progress_bar, grid=DEMO_GRID, model=model,
+                  downsamplings="auto",  # planned as `ldseg train` plans it
                   train=TrainConfig(batch_size=8, budget_minutes=minutes, iters_per_epoch=40,
                                     val_fraction=0.1, seed=seed, warmup_steps=20,
                                     num_threads=threads))
