@@ -145,8 +145,9 @@ class TrainConfig:
     intensity_augment: bool = True
     # Acquisition-like noise (training.augment.add_acquisition_noise), std drawn per sample from
     # [0, noise_augment_std] in z-score units. 1.0 covers the robustness protocol's sigma 0.1 on
-    # knee MRI slices; there it cut the Dice lost at sigma 0.1 from 0.055 to 0.006 (LDSeg) and
-    # from 0.025 to 0.005 (baseline) at no cost on clean images (benchmarks/results/accuracy.md).
+    # knee MRI slices. There it cut the baseline's Dice lost at sigma 0.1 from 0.025 to 0.003-0.005
+    # in every run; LDSeg's loss went from 0.055 to between 0.006 and 0.17, run to run
+    # (README, Choices; benchmarks/results/accuracy.md).
     noise_augment_std: float = 1.0
     seed: int = 0
     num_threads: int = 0  # 0 = every core

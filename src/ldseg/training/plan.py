@@ -143,7 +143,6 @@ def plan_run(
                     num_classes=spec.num_classes)
     if isinstance(downsamplings, int):
         model = with_downsamplings(model, downsamplings)
-    auto = auto and model.architecture == "ldseg"
     model.validate()
     axis = -1
     if dims < data_dims:
@@ -153,7 +152,7 @@ def plan_run(
     if not grid:  # at the deepest factor, so the baseline (never lowered) plans the same grid
         grid = choose_grid(shapes, spacings, max_voxels or DEFAULT_GRID_VOXELS[dims],
                            model.downsample_factor)
-    if auto and len(grid) == dims:
+    if auto and model.architecture == "ldseg" and len(grid) == dims:
         most = len(model.label_encoder_widths) - 1
         n = planned_downsamplings(tuple(grid), most)
         if n != most:
