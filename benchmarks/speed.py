@@ -32,6 +32,8 @@ REFERENCE = {
     "infer2d_512": (2.66, 3.05),  # TF reference LDSeg: s/image, GB peak RSS
     "infer2d_512_compiled": (2.66, 3.05),
     "infer2d_512_unoptimised": (2.66, 3.05),
+    "infer2d_512_bf16": (2.66, 3.05),
+    "infer3d_ref_bf16": (59.6, 3.6),
     "train2d_512": (32.0, 11.2),  # s/step, GB
     "train2d_512_checkpointing": (32.0, 11.2),
     "train2d_512_lean": (32.0, 11.2),
@@ -40,6 +42,7 @@ REFERENCE = {
     "infer2d_256": (67.0, None),  # MedSegDiff (pixel space), 15 steps x 4.5 s
 }
 TARGET = {"infer2d_512": (0.5, 0.6), "infer2d_512_compiled": (0.5, 0.6),
+          "infer2d_512_bf16": (0.5, 0.6), "infer3d_ref_bf16": (15.0, 2.0),
           "train2d_512": (8.0, 3.0), "train2d_512_checkpointing": (8.0, 3.0),
           "train2d_512_lean": (8.0, 3.0), "train2d_512_lean_checkpointing": (8.0, 3.0),
           "infer3d_ref": (15.0, 2.0)}
@@ -77,15 +80,23 @@ def ceiling(repeats: int) -> dict:
     with torch.inference_mode():
         tc = statistics.median(timed(lambda: conv(x), repeats + 2))
     conv_flops = 2 * 4 * 256 * 256 * 9 * 64 * 64
-    return {"matmul_gflops": 2 * 2048**3 / mm / 1e9, "conv_gflops": conv_flops / tc / 1e9}
+    out = {"matmul_gflops": 2 * 2048**3 / mm / 1e9, "conv_gflops": conv_flops / tc / 1e9}
+    from ldseg.inference.runtime import cpu_has_bf16
+
+    if cpu_has_bf16():  # the ceiling of the --bf16 scenarios
+        conv, x = conv.to(torch.bfloat16), x.to(torch.bfloat16)
+        with torch.inference_mode():
+            tc = statistics.median(timed(lambda: conv(x), repeats + 2))
+        out["conv_bf16_gflops"] = conv_flops / tc / 1e9
+    return out
 
 
 def _inference(spatial_dims: int, grid: tuple[int, ...], in_channels: int, num_classes: int,
                batch: int, samples: int, repeats: int, model_cfg=None, compile: bool = False,
-               optimised: bool = True) -> dict:
+               optimised: bool = True, bf16: bool = False) -> dict:
     from ldseg.config import ModelConfig
     from ldseg.diffusion.schedule import NoiseSchedule
-    from ldseg.inference.runtime import prepare_for_inference
+    from ldseg.inference.runtime import autocast, prepare_for_inference
     from ldseg.inference.sampling import segment_batch
     from ldseg.model.networks import LDSeg
 
@@ -101,7 +112,7 @@ def _inference(spatial_dims: int, grid: tuple[int, ...], in_channels: int, num_c
     images = torch.randn(batch, in_channels, *grid)
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(torch.device("cpu"), bf16):
             segment_batch(model, schedule, images, steps=15, samples=samples,
                           generator=torch.Generator().manual_seed(0), memory_format=memory_format,
                           full_res_voxels=full_res_voxels)
@@ -119,6 +130,11 @@ def _inference(spatial_dims: int, grid: tuple[int, ...], in_channels: int, num_c
 
 def infer2d_512(repeats: int, compile: bool = False) -> dict:
     return _inference(2, (512, 512), 3, 2, 4, 1, repeats, compile=compile)
+
+
+def infer2d_512_bf16(repeats: int) -> dict:
+    """`--bf16`: an option (labels may differ from fp32 near ties), fast on CPUs with bf16."""
+    return _inference(2, (512, 512), 3, 2, 4, 1, repeats, bf16=True)
 
 
 def infer2d_512_unoptimised(repeats: int) -> dict:
@@ -140,6 +156,10 @@ def infer2d_256_s8(repeats: int) -> dict:
 def infer3d_ref(repeats: int) -> dict:
     """The 3D model at the reference (2D) widths, on the reference's 128x128x256 grid."""
     return _inference(3, (128, 128, 256), 1, 2, 1, 1, repeats)
+
+
+def infer3d_ref_bf16(repeats: int) -> dict:
+    return _inference(3, (128, 128, 256), 1, 2, 1, 1, repeats, bf16=True)
 
 
 def infer3d_default(repeats: int) -> dict:
@@ -236,8 +256,9 @@ def train2d_512_lean_checkpointing(repeats: int) -> dict:
 
 
 SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_512_unoptimised,
-                                       infer2d_512_compiled, infer2d_256,
-                                       infer2d_256_s8, infer3d_ref, infer3d_default,
+                                       infer2d_512_compiled, infer2d_512_bf16, infer2d_256,
+                                       infer2d_256_s8, infer3d_ref, infer3d_ref_bf16,
+                                       infer3d_default,
                                        train2d_512, train2d_512_checkpointing,
                                        train2d_512_lean, train2d_512_lean_checkpointing,
                                        profile2d_512)}
@@ -282,7 +303,10 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         "Ceilings measured in the same run: matmul 2048^2 fp32 "
         f"**{fmt(ceil.get('matmul_gflops'), 0)} GFLOP/s**, "
         "channels-last 3x3 convolution 64->64 at 256^2 **"
-        f"{fmt(ceil.get('conv_gflops'), 0)} GFLOP/s**.", "",
+        f"{fmt(ceil.get('conv_gflops'), 0)} GFLOP/s**"
+        + (f", the same convolution in bf16 **{fmt(ceil['conv_bf16_gflops'], 0)} GFLOP/s** "
+           "(the ceiling of the `_bf16` rows)" if "conv_bf16_gflops" in ceil else "")
+        + ".", "",
         "| scenario | measured | peak RSS GB | target | reference | speed-up | GFLOP/image "
         "| GFLOP/s | % of conv / matmul ceiling |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -302,8 +326,9 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         speedup = f"{ref[0] / sec:.1f}x" if ref[0] else "-"
         gfs = res.get("achieved_gflops")
         pct = "-"
-        if gfs and ceil.get("conv_gflops"):
-            pct = (f"{100 * gfs / ceil['conv_gflops']:.0f}% / "
+        conv_ceiling = ceil.get("conv_bf16_gflops" if name.endswith("_bf16") else "conv_gflops")
+        if gfs and conv_ceiling:
+            pct = (f"{100 * gfs / conv_ceiling:.0f}% / "
                    f"{100 * gfs / ceil['matmul_gflops']:.0f}%")
         lines.append(
             f"| {name} | {sec:.3f} {unit} | {res['peak_rss_gb']:.2f} | {tgt_s} | {ref_s} | "

@@ -65,3 +65,16 @@ def test_acquisition_noise_matches_a_noisy_image_after_z_scoring():
     # the augmented image has the noisy scan's unit variance and at most its contrast
     assert abs(float(out.var()) - 1) < 0.1
     assert float((out[0] * torch.from_numpy(zc)).mean()) >= float(np.mean(zc * zn)) - 0.02
+
+
+def test_noise_probability_leaves_the_other_samples_clean():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((400, 1, 8, 8), generator=g)
+    out = add_acquisition_noise(x, 1.0, torch.Generator().manual_seed(5), prob=0.5)
+    clean = (out == x).flatten(1).all(1)
+    assert 0.4 < clean.float().mean() < 0.6  # about half untouched, bit for bit
+    assert not torch.allclose(out[~clean], x[~clean], atol=1e-3)
+    # prob 1 draws the same random numbers as before the option existed
+    assert torch.equal(add_acquisition_noise(x, 1.0, torch.Generator().manual_seed(5)),
+                       add_acquisition_noise(x, 1.0, torch.Generator().manual_seed(5), 1.0))
+    assert torch.equal(add_acquisition_noise(x, 1.0, torch.Generator().manual_seed(5), 0.0), x)

@@ -10,7 +10,7 @@ import torch
 from ldseg.config import ModelConfig
 from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
-from ldseg.inference.runtime import prepare_for_inference, resolve_device
+from ldseg.inference.runtime import autocast, prepare_for_inference, resolve_device
 from ldseg.inference.sampling import segment_batch
 from ldseg.model.networks import LDSeg, upsample_conv
 
@@ -156,3 +156,32 @@ def test_low_memory_decoder_gives_the_same_segmentation(dims, grid):
     assert torch.equal(labels, reference[1])
     # float32: the in-place GroupNorm sums in another order than PyTorch's kernel
     assert (probs - reference[0]).abs().max() < 1e-4
+
+
+def test_bf16_autocast_keeps_the_labels_of_a_decisive_model():
+    """bf16 is an option, not an optimisation of the default path: its labels may differ where
+    classes are close, but not where the model is sure."""
+    model = decisive_model(tiny(2))
+    images = torch.randn(2, 2, 32, 48, generator=torch.Generator().manual_seed(1))
+    probs, labels = segment(model, images)
+    with autocast(torch.device("cpu"), True):
+        probs_bf16, labels_bf16 = segment(model, images)
+    assert probs_bf16.dtype == torch.float32  # results leave autocast in fp32
+    assert (labels_bf16 == labels).float().mean() > 0.97  # 0.993 measured
+    assert (probs_bf16 - probs).abs().mean() < 0.01  # a few near-ties move further
+
+
+def test_bf16_warns_only_on_a_cpu_without_bf16_units(monkeypatch):
+    import warnings
+
+    from ldseg.inference import runtime
+
+    for supported in (False, True):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda s=supported: s)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with runtime.autocast(torch.device("cpu"), True):
+                assert torch.is_autocast_enabled("cpu")
+        assert bool(caught) is not supported
+    with runtime.autocast(torch.device("cpu"), False):
+        assert not torch.is_autocast_enabled("cpu")

@@ -66,6 +66,9 @@ def _add_train(sub) -> None:
                    help="Gaussian image noise in training, as a noisy scan looks after "
                         "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "
                         "rescaled to unit variance (0 = off; default 1.0)")
+    g.add_argument("--noise-augment-prob", type=float, metavar="P",
+                   help="share of training samples that get that noise, the others stay "
+                        "clean (default 1.0)")
     m = p.add_argument_group("model and diffusion")
     m.add_argument("--model", choices=("ldseg", "baseline"), default="ldseg",
                    help="baseline: a deterministic MONAI U-Net (Dice + CE loss) "
@@ -235,6 +238,8 @@ def _cmd_train(args) -> None:
         flip_axes=args.flip_axes if args.flip_axes is not None else (),
         intensity_augment=not args.no_intensity_augment, seed=args.seed,
         **({} if args.noise_augment is None else {"noise_augment_std": args.noise_augment}),
+        **({} if args.noise_augment_prob is None
+           else {"noise_augment_prob": args.noise_augment_prob}),
         num_threads=args.threads, gradient_checkpointing=args.grad_checkpoint,
     )
     dc = DiffusionConfig(schedule=args.schedule, denoised_rule=args.denoised_rule,
