@@ -66,17 +66,25 @@ AUTOENCODER = "ldseg_autoencoder"  # the test labels through LDSeg's label autoe
 FLAT_LOSS = 0.005
 
 
+def postprocess_flags(task: str) -> str:
+    """The task's label post-processing (knee: each bone's largest component), for both models
+    in predict and robustness alike."""
+    return " ".join(TASKS[task].get("postprocess", []))
+
+
 def task_job(work: Path, task: str, model: str, budget: float, threads: int,
-             steps: int, ldseg_samples: int, extra_flags: str = "") -> str:
-    """Train one model of a task, then predict and evaluate with it: one shell chain."""
+             steps: int, ldseg_samples: int, extra_flags: str = "", train: bool = True) -> str:
+    """Train one model of a task (unless `train` is False: an already trained run), then
+    predict and evaluate with it: one shell chain."""
     cli = f"{sys.executable} -m ldseg.cli"
     dataset = work / "data" / TASKS[task]["dataset"]
     run = work / "runs" / task / model
     extra = (" --model baseline" if model == "baseline" else "") + (
         f" {extra_flags}" if extra_flags else "")
-    commands = [f"rm -rf {run}",
-                f"{cli} train {dataset} -o {run} --threads {threads} --no-progress "
-                f"{' '.join(train_flags(task))} --budget-minutes {budget:g}{extra}"]
+    commands = [] if not train else [
+        f"rm -rf {run}",
+        f"{cli} train {dataset} -o {run} --threads {threads} --no-progress "
+        f"{' '.join(train_flags(task))} --budget-minutes {budget:g}{extra}"]
     for folder, (m, samples) in PREDICTIONS.items():
         if m != model:
             continue
@@ -84,7 +92,8 @@ def task_job(work: Path, task: str, model: str, budget: float, threads: int,
         pred = work / "pred" / task / folder
         commands += [
             f"{cli} predict -m {run} -i {dataset}/imagesTs -o {pred} --steps {steps} "
-            f"--samples {samples} --save-probabilities --save-samples --overwrite --no-progress",
+            f"--samples {samples} --save-probabilities --save-samples --overwrite --no-progress "
+            f"{postprocess_flags(task)}",
             f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
         ]
     if model == "ldseg":
@@ -125,7 +134,7 @@ def robustness_job(work: Path, task: str, sigmas: str, steps: int, samples: int)
     runs = " ".join(f"-m {work / 'runs' / task / m}" for m in MODELS)
     return (f"{sys.executable} -m ldseg.cli robustness {runs} -d {dataset} "
             f"-o {work / 'robustness' / task} --sigmas {sigmas} --steps {steps} "
-            f"--samples {samples} --no-progress")
+            f"--samples {samples} --no-progress {postprocess_flags(task)}")
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -189,7 +198,9 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
         f"case 5; LDSeg samples with {steps} DDIM steps; scores by `ldseg evaluate` in the "
         "original geometry. The baseline is MONAI's UNet (`ldseg train --model baseline`) "
         "through the same planning, grid, preprocessing, augmentation, EMA and budget."
-        + (f" Both trained with `{train_flags}`." if train_flags else ""), "",
+        + (f" Both trained with `{train_flags}`." if train_flags else "")
+        + "".join(f" {t}: both models' labels post-processed with `{postprocess_flags(t)}`."
+                  for t in tasks if postprocess_flags(t)), "",
         "## Accuracy", "",
         "| task | model | training steps | grid | Dice per class | HD95 per class (mm) "
         "| foreground Dice |", "| --- | --- | --- | --- | --- | --- | --- |",
@@ -294,6 +305,9 @@ def main() -> None:
                         help="only the --equal-steps runs, in a finished --work folder")
     parser.add_argument("--autoencode-only", action="store_true",
                         help="only the label-autoencoder ceiling, in a finished --work folder")
+    parser.add_argument("--predict-only", action="store_true",
+                        help="predict, evaluate and robustness again with the trained runs of a "
+                             "finished --work folder")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "work_dirs" / "accuracy")
     parser.add_argument("--output", type=Path,
@@ -322,7 +336,8 @@ def main() -> None:
         for task in tasks:
             import_dataset(args.work, TASKS[task]["dataset"], *TASKS[task]["data"])
         train = {f"{t}_{m}": ["bash", "-c", task_job(args.work, t, m, budgets[t], threads,
-                                                    args.steps, args.samples, args.train_flags)]
+                                                    args.steps, args.samples, args.train_flags,
+                                                    train=not args.predict_only)]
                  for t in tasks for m in MODELS}
         codes = run_jobs(train, jobs, args.work / "logs")
         rob = {f"{t}_robustness": ["bash", "-c", robustness_job(

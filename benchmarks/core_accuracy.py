@@ -29,12 +29,15 @@ TASKS = {
         "data": ("knee-sample", ["--class-names", "background,femur,tibia"]),
         "dataset": "knee",
         "train": ["--budget-minutes", "60", "--batch-size", "2", "--val-fraction", "0"],
+        # one femur and one tibia: islands elsewhere are errors (nnU-Net's post-processing)
+        "postprocess": ["--keep-largest", "all"],
     },
     "knee2d": {
         "data": ("knee-sample", ["--class-names", "background,femur,tibia"]),
         "dataset": "knee",
         "train": ["--dims", "2", "--slice-axis", "2", "--budget-minutes", "15", "--batch-size",
                   "8", "--flip-axes", "none", "--val-fraction", "0"],
+        "postprocess": ["--keep-largest", "all"],
     },
     "glas": {
         "data": ("glas-sample", ["--class-names", "background,gland",

@@ -150,3 +150,25 @@ def test_cli_and_errors(setup, tmp_path, capsys):
     with pytest.raises(LdsegError, match="4 classes.*declares 3"):
         run_robustness([four], ds, tmp_path / "x", sigmas=[0.0], steps=1, progress_bar=False)
     assert math.isfinite(parse_sigmas("0")[0])
+
+
+def test_keep_largest_post_processes_the_labels_it_scores(setup, tmp_path):
+    """With --keep-largest the scores are those of the post-processed labels, per model."""
+    from ldseg.data.dataset import load_case, load_dataset_spec
+    from ldseg.evaluation.metrics import case_metrics
+    from ldseg.inference.postprocess import keep_largest_component
+
+    ds, runs = setup
+    result = run_robustness(runs[:1], ds, tmp_path / "pp", sigmas=[0.0], steps=2, cases=["c03"],
+                            progress_bar=False, keep_largest="all")
+    assert result["keep_largest"] == "all"
+    spec = load_dataset_spec(ds)
+    case = select_cases(spec, ["c03"])[0][0]
+    image, label, geometry = load_case(case, spec)
+    raw = Segmenter.load(runs[0]).segment_array(scale_to_unit(image), geometry, steps=2)
+    kept = keep_largest_component(raw.labels, (1, 2))
+    assert not np.array_equal(kept, raw.labels)  # this model leaves islands to remove
+    expected = case_metrics(kept, label, [1, 2], spacing=geometry.spacing)
+    dice = result["models"]["run"]["per_class"]
+    assert dice["disc"]["dice"][0] == pytest.approx(expected["1"]["Dice"], nan_ok=True)
+    assert dice["square"]["dice"][0] == pytest.approx(expected["2"]["Dice"], nan_ok=True)

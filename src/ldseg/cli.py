@@ -109,6 +109,8 @@ def _add_robustness(sub) -> None:
                    help="comma-separated cases (default: imagesTs/labelsTs)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--keep-largest", default="", metavar="CLASSES",
+                   help="post-process every model's labels as ldseg predict --keep-largest")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -130,12 +132,16 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:N or auto (the GPU when there is one)")
     p.add_argument("--bf16", action="store_true",
-                   help="bfloat16 mixed precision (for GPUs; slower on most CPUs)")
+                   help="bfloat16 mixed precision (GPUs, and CPUs with bf16 units; labels "
+                        "may differ from fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the full-resolution networks (pays off on long folders)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--allow-nan", action="store_true",
                    help="replace NaN/Inf in images (with a warning) instead of refusing them")
+    p.add_argument("--keep-largest", default="", metavar="CLASSES",
+                   help="'all' or comma-separated classes whose label keeps only its largest "
+                        "connected component (anatomy in one piece; not for glands or lesions)")
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--report", action="store_true", help="also write OUTPUT/report.html")
     p.add_argument("--no-progress", action="store_true")
@@ -289,7 +295,7 @@ def _cmd_predict(args) -> None:
             pictures=not args.no_pictures,
             progress_bar=not args.no_progress and dist.is_main,
             save_probabilities=args.save_probabilities, save_samples=args.save_samples,
-            allow_nan=args.allow_nan, dist=dist,
+            allow_nan=args.allow_nan, keep_largest=args.keep_largest, dist=dist,
         )
     who = f"rank {dist.rank}: " if dist.enabled else ""  # each rank wrote its share
     print(f"{who}wrote {len(written)} segmentation(s) to {args.output}")
@@ -329,7 +335,7 @@ def _cmd_robustness(args) -> None:
     result = run_robustness(args.models, args.dataset, args.output, sigmas=args.sigmas,
                             samples=args.samples, steps=args.steps, seed=args.seed,
                             cases=args.cases, checkpoint=args.checkpoint, device=args.device,
-                            progress_bar=not args.no_progress)
+                            progress_bar=not args.no_progress, keep_largest=args.keep_largest)
     print(result["note"])
     print(format_robustness(result))
     print(f"wrote robustness.json, robustness.csv and robustness.png to {args.output}")

@@ -31,6 +31,7 @@ from ldseg.data.dataset import Case, DatasetSpec, list_cases, load_case, load_da
 from ldseg.errors import LdsegError
 from ldseg.evaluation.metrics import case_metrics, summarize
 from ldseg.files import atomic_write
+from ldseg.inference.postprocess import parse_classes
 from ldseg.inference.predictor import Segmenter
 
 DEFAULT_SIGMAS = "0:0.2:0.02"
@@ -139,13 +140,15 @@ def run_robustness(
     checkpoint: str = "best",
     device: str = "cpu",
     progress_bar: bool = True,
+    keep_largest: str = "",
 ) -> dict:
     """Segment every chosen case of `dataset` at every noise level with every model, and write
     `robustness.json`, `robustness.csv` and `robustness.png` into `output_dir`.
 
     Returns what robustness.json holds: the settings, `note` (where the cases come from),
     `models` (name -> run, and per sigma the mean foreground `dice` and `hd95` and per class
-    means) and `rows` (one per model, sigma, case and class, as in the CSV).
+    means) and `rows` (one per model, sigma, case and class, as in the CSV). `keep_largest`
+    post-processes every model's labels as `ldseg predict --keep-largest` does.
     """
     sigma_list = parse_sigmas(sigmas) if isinstance(sigmas, str) else [float(s) for s in sigmas]
     if not sigma_list or not all(math.isfinite(s) and s >= 0 for s in sigma_list):
@@ -159,6 +162,8 @@ def run_robustness(
     labels = list(range(1, spec.num_classes))
     names = model_names(runs)
     segmenters = [Segmenter.load(run, checkpoint, device) for run in runs]
+    largest = [parse_classes(keep_largest, seg.config.class_names) if keep_largest else ()
+               for seg in segmenters]
     for run, seg in zip(runs, segmenters, strict=True):
         if seg.config.model.num_classes != spec.num_classes:
             raise LdsegError(f"{run}: the model has {seg.config.model.num_classes} classes, "
@@ -174,9 +179,10 @@ def run_robustness(
         noise = case_noise(image, case.name, seed)
         for i, sigma in enumerate(sigma_list):
             noisy = noisy_image(unit, noise, sigma)
-            for name, seg in zip(names, segmenters, strict=True):
+            for name, seg, keep in zip(names, segmenters, largest, strict=True):
                 result = seg.segment_array(noisy, geometry, steps=steps, samples=samples,
-                                           seed=seed, source=str(case.image_files[0]))
+                                           seed=seed, source=str(case.image_files[0]),
+                                           keep_largest=keep)
                 metrics = case_metrics(result.labels, label, labels, spacing=geometry.spacing)
                 per_case[name][i].append({"metrics": metrics,
                                           "reference_file": str(case.label_file)})
@@ -206,6 +212,7 @@ def run_robustness(
         "dataset": str(spec.root), "note": note, "cases": [c.name for c in chosen],
         "classes": {str(k): spec.class_names[k] for k in labels}, "sigmas": sigma_list,
         "samples": samples, "steps": steps, "seed": seed, "checkpoint": checkpoint,
+        "keep_largest": keep_largest,
         "noise": "per channel: min-max to [0, 1], + sigma * N(0, 1), min-max to [0, 1]",
         "models": models, "rows": rows,
     }

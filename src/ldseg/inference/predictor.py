@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ldseg.data.preprocessing import finite_image, prepare_case, restore_probabi
 from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
 from ldseg.files import check_output_folder
+from ldseg.inference.postprocess import keep_largest_component, parse_classes
 from ldseg.inference.runtime import autocast, prepare_for_inference, resolve_device
 from ldseg.inference.sampling import segment_batch
 from ldseg.model.baseline import BaselineUNet, build_model
@@ -104,9 +106,12 @@ class Segmenter:
         batch_size: int = 16,
         source: str = "image",
         allow_nan: bool = False,
+        keep_largest: Sequence[int] = (),
     ) -> Segmentation:
         """image: (C, *spatial) as read from a file (any intensity range); NaN/Inf are refused,
-        or replaced with a warning when `allow_nan`."""
+        or replaced with a warning when `allow_nan`. `keep_largest`: classes whose label keeps
+        only its largest connected component (`inference.postprocess`); the probabilities,
+        uncertainty and per-sample maps stay as the model made them."""
         cfg = self.config
         pre = cfg.preprocess
         if image.ndim != pre.data_spatial_dims + 1:
@@ -153,7 +158,7 @@ class Segmenter:
                 for s in range(samples)
             ])
         return Segmentation(
-            labels=mean.argmax(0).numpy().astype(np.uint8),
+            labels=keep_largest_component(mean.argmax(0).numpy().astype(np.uint8), keep_largest),
             probabilities=mean.numpy().astype(np.float32),
             uncertainty=entropy(mean).numpy().astype(np.float32),
             sample_labels=per_sample,
@@ -208,6 +213,7 @@ def predict_folder(
     save_probabilities: bool = False,
     save_samples: bool = False,
     allow_nan: bool = False,
+    keep_largest: str = "",
     dist: Dist | None = None,
 ) -> list[Path]:
     """Segment every case of a folder (or one file); returns the label files written.
@@ -220,6 +226,9 @@ def predict_folder(
 
     Under torchrun (`dist` from `ldseg.training.distributed.session`) each rank segments every
     N-th case and returns the files it wrote; rank 0 writes the folder-level files at the end.
+
+    `keep_largest`: "" (off), "all" or comma-separated class names or indices whose label keeps
+    only its largest connected component (`inference.postprocess`).
     """
     from ldseg.evaluation import uncertainty as unc
     from ldseg.pictures import save_case_panel
@@ -230,6 +239,7 @@ def predict_folder(
         device = f"cuda:{dist.local_rank}"  # one GPU per process
     segmenter = Segmenter.load(run, checkpoint, device, bf16=bf16, compile=compile)
     cfg = segmenter.config
+    largest = parse_classes(keep_largest, cfg.class_names) if keep_largest else ()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if input_dir.is_file():  # a single image file
         ending = file_ending(input_dir)
@@ -248,7 +258,7 @@ def predict_folder(
         image, _, geometry = load_case(case)
         result = segmenter.segment_array(image, geometry, steps=steps, eta=eta, samples=samples,
                                          seed=seed, source=str(case.image_files[0]),
-                                         allow_nan=allow_nan)
+                                         allow_nan=allow_nan, keep_largest=largest)
         ending = file_ending(case.image_files[0])
         out = output_dir / f"{case.name}{ending}"
         write_image(out, result.labels, geometry)
@@ -287,6 +297,7 @@ def predict_folder(
         "input": str(input_dir.resolve()), "checkpoint": checkpoint,
         "steps": steps or cfg.diffusion.sampling_steps,
         "eta": cfg.diffusion.eta if eta is None else eta, "samples": samples, "seed": seed,
+        "keep_largest": [cfg.class_names[k] for k in largest],
     })
     return written
 
