@@ -73,6 +73,8 @@ def count_flops(fn) -> int:
 # ---- scenarios (each runs in a fresh process) ------------------------------------------------
 def ceiling(repeats: int) -> dict:
     """What the hardware gives PyTorch: a large matmul and a channels-last 3x3 convolution."""
+    from ldseg.inference.runtime import cpu_has_bf16
+
     a = torch.randn(2048, 2048)
     mm = statistics.median(timed(lambda: a @ a, repeats + 2))
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
@@ -81,8 +83,6 @@ def ceiling(repeats: int) -> dict:
         tc = statistics.median(timed(lambda: conv(x), repeats + 2))
     conv_flops = 2 * 4 * 256 * 256 * 9 * 64 * 64
     out = {"matmul_gflops": 2 * 2048**3 / mm / 1e9, "conv_gflops": conv_flops / tc / 1e9}
-    from ldseg.inference.runtime import cpu_has_bf16
-
     if cpu_has_bf16():  # the ceiling of the --bf16 scenarios
         conv, x = conv.to(torch.bfloat16), x.to(torch.bfloat16)
         with torch.inference_mode():

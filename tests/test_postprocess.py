@@ -44,6 +44,7 @@ def test_volumes_use_face_connectivity():
 def test_class_selection_by_name_index_or_all():
     names = ("background", "femur", "tibia")
     assert parse_classes("all", names) == (1, 2)
+    assert parse_classes("", names) == ()
     assert parse_classes("tibia", names) == (2,)
     assert parse_classes("2, femur", names) == (1, 2)
     for bad in ("fibula", "0", "3"):

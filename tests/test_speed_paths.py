@@ -167,6 +167,7 @@ def test_bf16_autocast_keeps_the_labels_of_a_decisive_model():
     with autocast(torch.device("cpu"), True):
         probs_bf16, labels_bf16 = segment(model, images)
     assert probs_bf16.dtype == torch.float32  # results leave autocast in fp32
+    assert not torch.equal(probs_bf16, probs)  # bf16 did run
     assert (labels_bf16 == labels).float().mean() > 0.97  # 0.993 measured
     assert (probs_bf16 - probs).abs().mean() < 0.01  # a few near-ties move further
 

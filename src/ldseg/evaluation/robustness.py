@@ -162,8 +162,7 @@ def run_robustness(
     labels = list(range(1, spec.num_classes))
     names = model_names(runs)
     segmenters = [Segmenter.load(run, checkpoint, device) for run in runs]
-    largest = [parse_classes(keep_largest, seg.config.class_names) if keep_largest else ()
-               for seg in segmenters]
+    largest = [parse_classes(keep_largest, seg.config.class_names) for seg in segmenters]
     for run, seg in zip(runs, segmenters, strict=True):
         if seg.config.model.num_classes != spec.num_classes:
             raise LdsegError(f"{run}: the model has {seg.config.model.num_classes} classes, "

@@ -17,7 +17,9 @@ from ldseg.errors import LdsegError
 
 
 def parse_classes(text: str, class_names: Sequence[str]) -> tuple[int, ...]:
-    """'all' (every foreground class), or comma-separated class names or indices."""
+    """'' (none), 'all' (every foreground class), or comma-separated class names or indices."""
+    if not text.strip():
+        return ()
     if text.strip() == "all":
         return tuple(range(1, len(class_names)))
     chosen = []

@@ -239,7 +239,7 @@ def predict_folder(
         device = f"cuda:{dist.local_rank}"  # one GPU per process
     segmenter = Segmenter.load(run, checkpoint, device, bf16=bf16, compile=compile)
     cfg = segmenter.config
-    largest = parse_classes(keep_largest, cfg.class_names) if keep_largest else ()
+    largest = parse_classes(keep_largest, cfg.class_names)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if input_dir.is_file():  # a single image file
         ending = file_ending(input_dir)

@@ -72,7 +72,7 @@ def cpu_has_bf16() -> bool:
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast when asked for; a no-op otherwise. Never the default: labels can
     differ from fp32 where two classes are close (knee slices: Dice 0.9220 vs 0.9222). On a
-    CPU with bf16 units it is faster (2D 512x512 reference model: 0.55 -> 0.32 s per image,
+    CPU with bf16 units it is faster (2D 512x512 reference model: 0.65 -> 0.49 s per image,
     benchmarks/results/speed.md); without them it is slower than fp32, hence the warning."""
     if not bf16:
         return contextlib.nullcontext()
