@@ -146,6 +146,16 @@ def test_cli_and_errors(setup, tmp_path, capsys):
     code = main(["robustness", "-m", str(runs[0]), "-d", str(ds), "--sigmas", "0:1",
                  "-o", str(tmp_path / "bad")])
     assert code == 1 and "--sigmas" in capsys.readouterr().err
+    code = main(["robustness", "-m", str(runs[0]), "-d", str(ds), "--keep-largest", "all",
+                 "--keep-fraction", "1.5", "-o", str(tmp_path / "bad2")])
+    assert code == 1 and "--keep-fraction" in capsys.readouterr().err
+    assert not (tmp_path / "bad2").exists()
+    code = main(["robustness", "-m", str(runs[0]), "-d", str(ds), "--sigmas", "0",
+                 "--steps", "1", "--cases", "c03", "--keep-largest", "c1",
+                 "--keep-fraction", "0.4", "-o", str(tmp_path / "pp"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "pp" / "robustness.json").read_text())
+    assert code == 0 and saved["keep_largest"] == "c1" and saved["keep_fraction"] == 0.4
     four = make_run(tmp_path / "four", 2, 2, (32, 32), classes=4)
     with pytest.raises(LdsegError, match="4 classes.*declares 3"):
         run_robustness([four], ds, tmp_path / "x", sigmas=[0.0], steps=1, progress_bar=False)
@@ -160,13 +170,13 @@ def test_keep_largest_post_processes_the_labels_it_scores(setup, tmp_path):
 
     ds, runs = setup
     result = run_robustness(runs[:1], ds, tmp_path / "pp", sigmas=[0.0], steps=2, cases=["c03"],
-                            progress_bar=False, keep_largest="all")
-    assert result["keep_largest"] == "all"
+                            progress_bar=False, keep_largest="all", keep_fraction=0.5)
+    assert result["keep_largest"] == "all" and result["keep_fraction"] == 0.5
     spec = load_dataset_spec(ds)
     case = select_cases(spec, ["c03"])[0][0]
     image, label, geometry = load_case(case, spec)
     raw = Segmenter.load(runs[0]).segment_array(scale_to_unit(image), geometry, steps=2)
-    kept = keep_largest_component(raw.labels, (1, 2))
+    kept = keep_largest_component(raw.labels, (1, 2), keep_fraction=0.5)
     assert not np.array_equal(kept, raw.labels)  # this model leaves islands to remove
     expected = case_metrics(kept, label, [1, 2], spacing=geometry.spacing)
     dice = result["models"]["run"]["per_class"]

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from ldseg.errors import LdsegError, LdsegWarning
+from ldseg.inference.postprocess import DEFAULT_KEEP_FRACTION
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -111,6 +112,8 @@ def _add_robustness(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep-largest", default="", metavar="CLASSES",
                    help="post-process every model's labels as ldseg predict --keep-largest")
+    p.add_argument("--keep-fraction", type=float, default=DEFAULT_KEEP_FRACTION, metavar="F",
+                   help="as ldseg predict --keep-fraction")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -142,6 +145,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--keep-largest", default="", metavar="CLASSES",
                    help="'all' or comma-separated classes whose label keeps only its largest "
                         "connected component (anatomy in one piece; not for glands or lesions)")
+    p.add_argument("--keep-fraction", type=float, default=DEFAULT_KEEP_FRACTION, metavar="F",
+                   help="with --keep-largest, also keep components of at least F times the "
+                        "largest's size (a structure that came out in pieces; 1 = the largest "
+                        f"alone, as nnU-Net; default {DEFAULT_KEEP_FRACTION})")
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--report", action="store_true", help="also write OUTPUT/report.html")
     p.add_argument("--no-progress", action="store_true")
@@ -295,7 +302,8 @@ def _cmd_predict(args) -> None:
             pictures=not args.no_pictures,
             progress_bar=not args.no_progress and dist.is_main,
             save_probabilities=args.save_probabilities, save_samples=args.save_samples,
-            allow_nan=args.allow_nan, keep_largest=args.keep_largest, dist=dist,
+            allow_nan=args.allow_nan, keep_largest=args.keep_largest,
+            keep_fraction=args.keep_fraction, dist=dist,
         )
     who = f"rank {dist.rank}: " if dist.enabled else ""  # each rank wrote its share
     print(f"{who}wrote {len(written)} segmentation(s) to {args.output}")
@@ -335,7 +343,8 @@ def _cmd_robustness(args) -> None:
     result = run_robustness(args.models, args.dataset, args.output, sigmas=args.sigmas,
                             samples=args.samples, steps=args.steps, seed=args.seed,
                             cases=args.cases, checkpoint=args.checkpoint, device=args.device,
-                            progress_bar=not args.no_progress, keep_largest=args.keep_largest)
+                            progress_bar=not args.no_progress, keep_largest=args.keep_largest,
+                            keep_fraction=args.keep_fraction)
     print(result["note"])
     print(format_robustness(result))
     print(f"wrote robustness.json, robustness.csv and robustness.png to {args.output}")

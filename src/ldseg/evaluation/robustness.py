@@ -31,7 +31,7 @@ from ldseg.data.dataset import Case, DatasetSpec, list_cases, load_case, load_da
 from ldseg.errors import LdsegError
 from ldseg.evaluation.metrics import case_metrics, summarize
 from ldseg.files import atomic_write
-from ldseg.inference.postprocess import parse_classes
+from ldseg.inference.postprocess import DEFAULT_KEEP_FRACTION, check_keep_fraction, parse_classes
 from ldseg.inference.predictor import Segmenter
 
 DEFAULT_SIGMAS = "0:0.2:0.02"
@@ -141,6 +141,7 @@ def run_robustness(
     device: str = "cpu",
     progress_bar: bool = True,
     keep_largest: str = "",
+    keep_fraction: float = DEFAULT_KEEP_FRACTION,
 ) -> dict:
     """Segment every chosen case of `dataset` at every noise level with every model, and write
     `robustness.json`, `robustness.csv` and `robustness.png` into `output_dir`.
@@ -148,7 +149,7 @@ def run_robustness(
     Returns what robustness.json holds: the settings, `note` (where the cases come from),
     `models` (name -> run, and per sigma the mean foreground `dice` and `hd95` and per class
     means) and `rows` (one per model, sigma, case and class, as in the CSV). `keep_largest`
-    post-processes every model's labels as `ldseg predict --keep-largest` does.
+    and `keep_fraction` post-process every model's labels as `ldseg predict` does.
     """
     sigma_list = parse_sigmas(sigmas) if isinstance(sigmas, str) else [float(s) for s in sigmas]
     if not sigma_list or not all(math.isfinite(s) and s >= 0 for s in sigma_list):
@@ -157,6 +158,7 @@ def run_robustness(
         raise LdsegError("--samples and --steps must be at least 1")
     if not runs:
         raise LdsegError("give at least one model (-m RUN)")
+    check_keep_fraction(keep_fraction)
     spec = load_dataset_spec(dataset)
     chosen, note = select_cases(spec, cases)
     labels = list(range(1, spec.num_classes))
@@ -181,7 +183,7 @@ def run_robustness(
             for name, seg, keep in zip(names, segmenters, largest, strict=True):
                 result = seg.segment_array(noisy, geometry, steps=steps, samples=samples,
                                            seed=seed, source=str(case.image_files[0]),
-                                           keep_largest=keep)
+                                           keep_largest=keep, keep_fraction=keep_fraction)
                 metrics = case_metrics(result.labels, label, labels, spacing=geometry.spacing)
                 per_case[name][i].append({"metrics": metrics,
                                           "reference_file": str(case.label_file)})
@@ -211,7 +213,7 @@ def run_robustness(
         "dataset": str(spec.root), "note": note, "cases": [c.name for c in chosen],
         "classes": {str(k): spec.class_names[k] for k in labels}, "sigmas": sigma_list,
         "samples": samples, "steps": steps, "seed": seed, "checkpoint": checkpoint,
-        "keep_largest": keep_largest,
+        "keep_largest": keep_largest, "keep_fraction": keep_fraction if keep_largest else None,
         "noise": "per channel: min-max to [0, 1], + sigma * N(0, 1), min-max to [0, 1]",
         "models": models, "rows": rows,
     }

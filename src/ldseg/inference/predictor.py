@@ -30,7 +30,12 @@ from ldseg.data.preprocessing import finite_image, prepare_case, restore_probabi
 from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
 from ldseg.files import check_output_folder
-from ldseg.inference.postprocess import keep_largest_component, parse_classes
+from ldseg.inference.postprocess import (
+    DEFAULT_KEEP_FRACTION,
+    check_keep_fraction,
+    keep_largest_component,
+    parse_classes,
+)
 from ldseg.inference.runtime import autocast, prepare_for_inference, resolve_device
 from ldseg.inference.sampling import segment_batch
 from ldseg.model.baseline import BaselineUNet, build_model
@@ -107,10 +112,12 @@ class Segmenter:
         source: str = "image",
         allow_nan: bool = False,
         keep_largest: Sequence[int] = (),
+        keep_fraction: float = DEFAULT_KEEP_FRACTION,
     ) -> Segmentation:
         """image: (C, *spatial) as read from a file (any intensity range); NaN/Inf are refused,
         or replaced with a warning when `allow_nan`. `keep_largest`: classes whose label keeps
-        only its largest connected component (`inference.postprocess`); the probabilities,
+        its largest connected component and those of at least `keep_fraction` of its size
+        (`inference.postprocess`); the probabilities,
         uncertainty and per-sample maps stay as the model made them."""
         cfg = self.config
         pre = cfg.preprocess
@@ -158,7 +165,8 @@ class Segmenter:
                 for s in range(samples)
             ])
         return Segmentation(
-            labels=keep_largest_component(mean.argmax(0).numpy().astype(np.uint8), keep_largest),
+            labels=keep_largest_component(mean.argmax(0).numpy().astype(np.uint8), keep_largest,
+                                          keep_fraction),
             probabilities=mean.numpy().astype(np.float32),
             uncertainty=entropy(mean).numpy().astype(np.float32),
             sample_labels=per_sample,
@@ -214,6 +222,7 @@ def predict_folder(
     save_samples: bool = False,
     allow_nan: bool = False,
     keep_largest: str = "",
+    keep_fraction: float = DEFAULT_KEEP_FRACTION,
     dist: Dist | None = None,
 ) -> list[Path]:
     """Segment every case of a folder (or one file); returns the label files written.
@@ -228,13 +237,15 @@ def predict_folder(
     N-th case and returns the files it wrote; rank 0 writes the folder-level files at the end.
 
     `keep_largest`: "" (off), "all" or comma-separated class names or indices whose label keeps
-    only its largest connected component (`inference.postprocess`).
+    its largest connected component and any other of at least `keep_fraction` of its size
+    (`inference.postprocess`).
     """
     from ldseg.evaluation import uncertainty as unc
     from ldseg.pictures import save_case_panel
 
     dist = dist or Dist()
     check_output_folder(output_dir)  # before any work
+    check_keep_fraction(keep_fraction)
     if dist.enabled and device in ("cuda", "auto") and torch.cuda.is_available():
         device = f"cuda:{dist.local_rank}"  # one GPU per process
     segmenter = Segmenter.load(run, checkpoint, device, bf16=bf16, compile=compile)
@@ -258,7 +269,8 @@ def predict_folder(
         image, _, geometry = load_case(case)
         result = segmenter.segment_array(image, geometry, steps=steps, eta=eta, samples=samples,
                                          seed=seed, source=str(case.image_files[0]),
-                                         allow_nan=allow_nan, keep_largest=largest)
+                                         allow_nan=allow_nan, keep_largest=largest,
+                                         keep_fraction=keep_fraction)
         ending = file_ending(case.image_files[0])
         out = output_dir / f"{case.name}{ending}"
         write_image(out, result.labels, geometry)
@@ -298,6 +310,7 @@ def predict_folder(
         "steps": steps or cfg.diffusion.sampling_steps,
         "eta": cfg.diffusion.eta if eta is None else eta, "samples": samples, "seed": seed,
         "keep_largest": [cfg.class_names[k] for k in largest],
+        "keep_fraction": keep_fraction if largest else None,
     })
     return written
 
