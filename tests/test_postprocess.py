@@ -99,3 +99,26 @@ def test_predict_keeps_one_piece_per_class_and_records_it(tmp_path):
         predict_folder(run, inp, tmp_path / "bad", steps=3, progress_bar=False,
                        keep_largest="c7")
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_predict_cli_passes_the_fraction_and_refuses_a_bad_one(tmp_path, capsys):
+    from conftest import save_png
+
+    from ldseg.cli import main
+
+    run = make_run(tmp_path, 2, 2, (32, 32))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    save_png(inp / "a_0000.png",
+             (np.random.default_rng(1).random((40, 36)) * 255).astype(np.uint8))
+    raw = Segmenter.load(run).segment_file(inp / "a_0000.png", steps=3)
+    assert main(["predict", "-m", str(run), "-i", str(inp), "-o", str(tmp_path / "out"),
+                 "--steps", "3", "--keep-largest", "all", "--keep-fraction", "0.6",
+                 "--no-progress", "--no-pictures"]) == 0
+    labels = read_image(tmp_path / "out" / "a.png")[0][0]
+    np.testing.assert_array_equal(labels, keep_largest_component(raw.labels, (1, 2), 0.6))
+    assert json.loads((tmp_path / "out" / "prediction.json").read_text())["keep_fraction"] == 0.6
+    assert main(["predict", "-m", str(run), "-i", str(inp), "-o", str(tmp_path / "bad"),
+                 "--keep-largest", "all", "--keep-fraction", "0", "--no-progress"]) == 1
+    assert "--keep-fraction must be within (0, 1], got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
