@@ -165,3 +165,22 @@ def test_a_flipped_byte_in_a_checkpoint_is_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(LdsegError, match="content hash mismatch"):
         Segmenter.load(run)
+
+
+def test_several_samples_default_to_ddpm_one_sample_to_the_runs_sampler(tmp_path):
+    """--samples N > 1 without --eta samples with DDPM (diverse samples, calibrated mean);
+    one sample keeps the run's DDIM."""
+    from ldseg.inference.predictor import MULTI_SAMPLE_ETA, default_eta
+
+    run = make_run(tmp_path, 2, 2, (32, 32))
+    seg = Segmenter.load(run)
+    image = np.random.default_rng(3).random((1, 32, 32)).astype(np.float32)
+    assert seg.config.diffusion.eta == 0.0 and MULTI_SAMPLE_ETA == 1.0
+    assert default_eta(seg.config, 1) == 0.0 and default_eta(seg.config, 4) == 1.0
+
+    def probs(**kw):
+        return seg.segment_array(image, steps=3, seed=0, **kw).probabilities
+
+    np.testing.assert_array_equal(probs(samples=4), probs(samples=4, eta=1.0))
+    assert not np.array_equal(probs(samples=4), probs(samples=4, eta=0.0))
+    np.testing.assert_array_equal(probs(samples=1), probs(samples=1, eta=0.0))

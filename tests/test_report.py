@@ -244,7 +244,7 @@ def test_prediction_json_lets_the_report_find_model_and_images(case3d, tmp_path,
     info = json.loads((case3d["pred"] / PREDICTION_JSON).read_text())
     assert Path(info["model"]) == (case3d["run"] / "model_best.safetensors").resolve()
     assert Path(info["input"]) == (case3d["root"] / "images").resolve()
-    assert (info["steps"], info["eta"], info["samples"], info["seed"]) == (2, 0.0, 2, 0)
+    assert (info["steps"], info["eta"], info["samples"], info["seed"]) == (2, 1.0, 2, 0)
     pred = tmp_path / "pred"
     shutil.copytree(case3d["pred"], pred)
     (tmp_path / "noise").mkdir()  # as `ldseg robustness -o noise` writes it

@@ -123,7 +123,8 @@ def _add_predict(sub) -> None:
     p.add_argument("-i", "--input", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's, 15)")
-    p.add_argument("--eta", type=float, help="0 = DDIM, 1 = DDPM")
+    p.add_argument("--eta", type=float,
+                   help="0 = DDIM, 1 = DDPM (default: the run's, 0, for 1 sample; 1 for several)")
     p.add_argument("--samples", type=int, default=1,
                    help="> 1 also writes uncertainty/ (entropy) and disagreement/")
     p.add_argument("--save-probabilities", action="store_true",
