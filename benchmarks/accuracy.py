@@ -300,7 +300,7 @@ def main() -> None:
                         help="LDSeg samples for the uncertainty prediction")
     # DDPM (eta 1) for the uncertainty prediction: more diverse samples, calibrated better.
     # Same models, 8 samples: ECE knee 2D 0.0176 -> 0.0130 and 0.0178 -> 0.0139 (two runs),
-    # knee 3D 0.0160 -> 0.0154, Dice within 0.004 (benchmarks/results/accuracy_knee2d.md).
+    # knee 3D 0.0160 -> 0.0154, Dice within 0.003 (benchmarks/results/accuracy_knee2d.md).
     parser.add_argument("--samples-eta", type=float, default=1.0,
                         help="eta of the uncertainty prediction (0 = DDIM, 1 = DDPM)")
     parser.add_argument("--robustness-samples", type=int, default=1)

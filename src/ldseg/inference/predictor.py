@@ -58,13 +58,15 @@ class Segmentation:
 # DDPM (eta 1) when several samples are drawn: its per-step noise makes the samples differ
 # where the model is unsure, so their mean is calibrated better than DDIM's, whose samples
 # differ only by their starting noise. 8 samples, the same models: ECE knee 2D 0.0176 -> 0.0130
-# and 0.0178 -> 0.0139, knee 3D 0.0160 -> 0.0154, Dice within 0.004 either way
+# and 0.0178 -> 0.0139, knee 3D 0.0160 -> 0.0154, Dice within 0.003 either way
 # (benchmarks/results/accuracy_knee2d.md). One sample keeps the run's sampler (DDIM: sharper).
 MULTI_SAMPLE_ETA = 1.0
 
 
-def default_eta(config: RunConfig, samples: int) -> float:
-    """The sampler when `--eta` is not given: the run's for one sample, DDPM for several."""
+def default_eta(config: RunConfig, samples: int, eta: float | None = None) -> float:
+    """`eta` when given (`--eta`); else the run's sampler for one sample, DDPM for several."""
+    if eta is not None:
+        return eta
     return MULTI_SAMPLE_ETA if samples > 1 else config.diffusion.eta
 
 
@@ -130,8 +132,8 @@ class Segmenter:
         """image: (C, *spatial) as read from a file (any intensity range); NaN/Inf are refused,
         or replaced with a warning when `allow_nan`. `keep_largest`: classes whose label keeps
         its largest connected component and those of at least `keep_fraction` of its size
-        (`inference.postprocess`); the probabilities,
-        uncertainty and per-sample maps stay as the model made them."""
+        (`inference.postprocess`); the probabilities, uncertainty and per-sample maps stay as
+        the model made them."""
         cfg = self.config
         pre = cfg.preprocess
         if image.ndim != pre.data_spatial_dims + 1:
@@ -153,7 +155,7 @@ class Segmenter:
             slice_axis=None if pre.slice_axis < 0 else pre.slice_axis,
         )
         steps = steps or cfg.diffusion.sampling_steps
-        eta = default_eta(cfg, samples) if eta is None else eta
+        eta = default_eta(cfg, samples, eta)
         generator = torch.Generator().manual_seed(seed)  # per case: order-independent results
         runs = 1 if cfg.model.architecture == "baseline" else samples  # the baseline runs once
         chunk = max(1, batch_size // runs)
@@ -321,7 +323,7 @@ def predict_folder(
         "model": str(resolve_model_file(Path(run), checkpoint).resolve()),
         "input": str(input_dir.resolve()), "checkpoint": checkpoint,
         "steps": steps or cfg.diffusion.sampling_steps,
-        "eta": default_eta(cfg, samples) if eta is None else eta, "samples": samples, "seed": seed,
+        "eta": default_eta(cfg, samples, eta), "samples": samples, "seed": seed,
         "keep_largest": [cfg.class_names[k] for k in largest],
         "keep_fraction": keep_fraction if largest else None,
     })
