@@ -108,11 +108,17 @@ def test_device_choice():
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_upsample_conv_is_conv_of_the_nearest_upsampling(dims):
-    """The decoder's phase-split convolution computes exactly conv(upsample(x)), gradients too
-    (float64, so that only the summation order could differ)."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_conv_is_conv_of_the_nearest_upsampling(dims, channels_last):
+    """Both paths of the decoder's upsampling convolution (phase-split convs for contiguous
+    input, one transposed conv for channels-last) compute exactly conv(upsample(x)),
+    gradients too (float64, so that only the summation order could differ)."""
     conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(5, 7, 3, padding=1).double()
-    x = torch.randn(2, 5, *(6, 9, 4)[:dims], dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 5, *(6, 9, 4)[:dims], dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2
+                         else torch.channels_last_3d)
+    x.requires_grad_(True)
     reference = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
     fast = upsample_conv(x, conv)
     torch.testing.assert_close(fast, reference, atol=1e-12, rtol=0)
