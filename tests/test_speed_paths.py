@@ -43,13 +43,19 @@ def segment(model, images, memory_format=torch.contiguous_format, samples=2):
     return out.mean_probs, out.sample_labels
 
 
-@pytest.mark.parametrize("dims,grid", [(2, (32, 48)), (3, (16, 16, 24))])
-def test_channels_last_and_inplace_paths_give_the_same_segmentation(dims, grid):
-    plain = decisive_model(tiny(dims))
+@pytest.mark.parametrize("dims,grid,channels,batch", [(2, (32, 48), 2, 2), (3, (16, 16, 24), 2, 2),
+                                                      (3, (16, 16, 24), 1, 1)])
+def test_channels_last_and_inplace_paths_give_the_same_segmentation(dims, grid, channels, batch):
+    plain = decisive_model(tiny(dims, in_channels=channels))
     fast = copy.deepcopy(plain)
     memory_format = prepare_for_inference(fast)
     assert fast.image_encoder.net[0].weight.is_contiguous(memory_format=memory_format)
-    images = torch.randn(2, 2, *grid, generator=torch.Generator().manual_seed(1))
+    # The first block sees channels-last even where oneDNN hands the 1-channel 3D stem's
+    # output back contiguous for a batch of one (each of its convs would otherwise copy it).
+    layouts = []
+    fast.image_encoder.net[1].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=memory_format)))
+    images = torch.randn(batch, channels, *grid, generator=torch.Generator().manual_seed(1))
     probs_plain, samples_plain = segment(plain, images)
     probs_fast, samples_fast = segment(fast, images, memory_format)
     torch.testing.assert_close(probs_fast, probs_plain, atol=2e-4, rtol=0)
@@ -59,8 +65,39 @@ def test_channels_last_and_inplace_paths_give_the_same_segmentation(dims, grid):
     clear = (top2[:, 0] - top2[:, 1]) > 1e-4
     assert clear.float().mean() > 0.5
     assert torch.equal(probs_fast.argmax(1)[clear], probs_plain.argmax(1)[clear])
+    assert layouts and all(layouts)
     # the optimised path must not have modified the caller's tensor in place
-    assert torch.equal(images, torch.randn(2, 2, *grid, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(images, torch.randn(batch, channels, *grid,
+                                           generator=torch.Generator().manual_seed(1)))
+
+
+def test_decoder_frees_each_stage_input_before_its_block(monkeypatch):
+    """At inference the decoder's peak is its last full-resolution block: the stage input must
+    already be gone then (17 MB at 512x512, 134 MB at 128x128x256)."""
+    import weakref
+
+    import ldseg.model.networks as networks
+
+    model = LDSeg(tiny(2)).eval()
+    stage_inputs: list[weakref.ref] = []
+    alive_at_block: list[bool] = []
+    real_upsample, real_block = networks.upsample_conv, networks.ResBlock._forward
+
+    def upsample(x, conv):
+        stage_inputs.append(weakref.ref(x))
+        return real_upsample(x, conv)
+
+    def block(self, x):
+        if stage_inputs:
+            alive_at_block.append(stage_inputs[-1]() is not None)
+        return real_block(self, x)
+
+    monkeypatch.setattr(networks, "upsample_conv", upsample)
+    monkeypatch.setattr(networks.ResBlock, "_forward", block)
+    with torch.inference_mode():
+        model.label_decoder(torch.randn(1, 2, 8, 8))
+    assert len(alive_at_block) == len(model.label_decoder.blocks)
+    assert not any(alive_at_block)
 
 
 def test_compiled_networks_give_the_same_segmentation():

@@ -48,11 +48,12 @@ def segment_batch(
     # (at 512x512 RGB, batch 4: 1.08 -> see benchmarks/results/speed.md) and the working set
     # stays in cache. The denoiser still sees the whole batch on its small latent.
     per_call = max(1, full_res_voxels // voxels)
-    images = images.contiguous(memory_format=memory_format)
+    # Each chunk is brought to the encoder's layout on its own: a copy of the whole batch
+    # would live through the decoder's peak (13 MB at 512x512 RGB, batch 4).
     # The denoiser runs on a small latent where channels-last is slower (10x measured in 2D):
     # hand it a plain contiguous tensor whatever layout the encoder produced.
-    z_image = torch.cat([model.image_encoder(images[i:i + per_call])
-                         for i in range(0, b, per_call)]).contiguous()
+    z_image = torch.cat([model.image_encoder(images[i:i + per_call].contiguous(
+        memory_format=memory_format)) for i in range(0, b, per_call)]).contiguous()
     if samples > 1:
         z_image = z_image.repeat_interleave(samples, dim=0)
     latent_shape = (b * samples, model.config.latent_channels, *z_image.shape[2:])
