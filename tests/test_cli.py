@@ -146,19 +146,21 @@ def test_missing_paths(args, capsys):
 
 
 def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsys):
-    widths, noise, image_latent, prob = {}, {}, {}, {}
+    widths, noise, image_latent, prob, timesteps = {}, {}, {}, {}, {}
     for size in ("lean", "reference"):
         run = tmp_path / size
         # lean, a planned latent factor, 4 image-latent channels and noise 1.0 are the defaults
         flags = [] if size == "lean" else ["--size", "reference", "--noise-augment", "0.3",
                                            "--downsamplings", "3", "--image-latent-channels", "2",
-                                           "--noise-augment-prob", "0.5"]
+                                           "--noise-augment-prob", "0.5",
+                                           "--timestep-sampling", "late"]
         assert run_cli(["train", easy, "-o", run, *FAST[:2], "--epochs", "1",
                         "--iters-per-epoch", "1", "--batch-size", "2", "--no-progress",
                         *flags], capsys)[0] == 0
         config = json.loads((run / "config.json").read_text())
         model, noise[size] = config["model"], config["train"]["noise_augment_std"]
         prob[size] = config["train"]["noise_augment_prob"]
+        timesteps[size] = config["diffusion"]["timestep_sampling"]
         widths[size] = (model["label_encoder_widths"], model["image_encoder_widths"],
                         model["label_decoder_widths"])
         image_latent[size] = model["image_latent_channels"]
@@ -168,6 +170,7 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     assert image_latent == {"lean": 4, "reference": 2}
     assert noise == {"lean": 1.0, "reference": 0.3}
     assert prob == {"lean": 1.0, "reference": 0.5}
+    assert timesteps == {"lean": "uniform", "reference": "late"}
     code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-augment-prob", "1.5",
                             "--no-progress"], capsys)
     one_line_error(code, err)

@@ -27,6 +27,7 @@ def test_round_trip(tmp_path):
     (lambda d: d["preprocess"].update(grid=5), "expected a list"),
     (lambda d: d["diffusion"].update(schedule="sigmoid"), "unknown noise schedule"),
     (lambda d: d["model"].update(norm="layer"), "norm must be"),
+    (lambda d: d["diffusion"].update(timestep_sampling="early"), "timestep_sampling must be"),
 ])
 def test_invalid_configs_are_clear_errors(tmp_path, mutate, message):
     data = to_dict(RunConfig())
@@ -35,6 +36,17 @@ def test_invalid_configs_are_clear_errors(tmp_path, mutate, message):
     path.write_text(json.dumps(data))
     with pytest.raises(LdsegError, match=message):
         load_run_config(path)
+
+
+def test_a_config_from_before_the_added_keys_loads_with_their_defaults(tmp_path):
+    data = to_dict(RunConfig())
+    for section in ("model", "train", "diffusion"):
+        for key in type(getattr(RunConfig(), section)).ADDED_KEYS:
+            data[section].pop(key)
+    assert "timestep_sampling" not in data["diffusion"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    assert load_run_config(path) == RunConfig()
 
 
 def test_malformed_json_and_missing_file(tmp_path):

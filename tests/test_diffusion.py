@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from ldseg.config import DiffusionConfig
 from ldseg.diffusion.sampler import sample_latent, sampling_timesteps
-from ldseg.diffusion.schedule import NoiseSchedule, alpha_bar_table
+from ldseg.diffusion.schedule import NoiseSchedule, alpha_bar_table, sample_timesteps
 from ldseg.model.networks import standardize
 
 
@@ -157,3 +158,17 @@ def test_ddim_is_deterministic_and_ddpm_depends_on_the_generator():
     c = sample_latent(fn, sched, noise, 10, 1.0, torch.Generator().manual_seed(0))
     d = sample_latent(fn, sched, noise, 10, 1.0, torch.Generator().manual_seed(1))
     assert not torch.allclose(c, d)
+
+
+def test_training_timesteps_uniform_keeps_the_stream_and_late_favours_noisy_steps():
+    uniform = sample_timesteps(DiffusionConfig(), 8, torch.Generator().manual_seed(4))
+    # earlier runs drew their timesteps with randint: the same seed gives the same steps
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,), generator=torch.Generator()
+                                              .manual_seed(4)))
+    late = sample_timesteps(DiffusionConfig(timestep_sampling="late"), 200_000,
+                            torch.Generator().manual_seed(0))
+    assert late.dtype == torch.int64 and 0 <= late.min() and late.max() == 999
+    # density proportional to t: mean 2T/3, P(t >= T/2) = 3/4, P(t < T/10) = 1/100
+    assert late.double().mean().item() == pytest.approx(666.5, abs=2)
+    assert (late >= 500).double().mean().item() == pytest.approx(0.75, abs=0.005)
+    assert (late < 100).double().mean().item() == pytest.approx(0.01, abs=0.002)

@@ -95,6 +95,11 @@ class DiffusionConfig:
     denoised_rule: str = "x0"
     x0_min_divisor: float = 0.05  # clamps sqrt(alpha_bar) in training; see method pitfalls
     shared_noise: bool = False  # reference quirk: one eps repeated across the batch
+    # Training timesteps: "uniform" over 0..T-1 (the method page), or "late": density
+    # proportional to t, so the steps where the label latent is mostly noise, and the image
+    # latent decides, are drawn more often.
+    timestep_sampling: str = "uniform"
+    ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("timestep_sampling",)
     sampling_steps: int = 15
     eta: float = 0.0  # 0 = DDIM, 1 = DDPM
 
@@ -105,6 +110,9 @@ class DiffusionConfig:
             raise LdsegError(
                 f"denoised_rule must be 'x0' or 'residual', got '{self.denoised_rule}'"
             )
+        if self.timestep_sampling not in ("uniform", "late"):
+            raise LdsegError("timestep_sampling must be 'uniform' or 'late', got "
+                             f"'{self.timestep_sampling}'")
         if self.sampling_steps < 1 or self.sampling_steps > self.timesteps:
             raise LdsegError(f"sampling steps must be within 1..{self.timesteps}")
 

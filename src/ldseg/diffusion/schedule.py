@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ldseg.config import DiffusionConfig
 from ldseg.errors import LdsegError
 
 
@@ -59,3 +60,13 @@ class NoiseSchedule:
             return z_t - eps_hat
         a = self._broadcast(t, z_t)
         return (z_t - (1 - a).sqrt() * eps_hat) / a.sqrt().clamp_min(min_divisor)
+
+
+def sample_timesteps(config: DiffusionConfig, batch: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Training timesteps for a batch. "uniform" keeps the random stream of earlier runs;
+    "late" has density proportional to t (P(t >= T/2) = 3/4 instead of 1/2)."""
+    if config.timestep_sampling == "uniform":
+        return torch.randint(0, config.timesteps, (batch,), generator=generator)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return (config.timesteps * u.sqrt()).long().clamp_(max=config.timesteps - 1)

@@ -27,7 +27,7 @@ from ldseg.config import RunConfig, save_run_config, to_dict
 from ldseg.data.dataset import Case, check_dataset, list_cases, load_case
 from ldseg.data.imageio import image_info
 from ldseg.data.preprocessing import PreparedCase, finite_image, prepare_case
-from ldseg.diffusion.schedule import NoiseSchedule
+from ldseg.diffusion.schedule import NoiseSchedule, sample_timesteps
 from ldseg.errors import LdsegError
 from ldseg.files import atomic_write, check_output_folder
 from ldseg.inference.runtime import full_resolution_parts
@@ -168,7 +168,7 @@ class Trainer:
             self.model.train()
             loss, parts = self.loss_fn(self.net(x), y)
         else:
-            t = torch.randint(0, dcfg.timesteps, (b,), generator=self.generator)[shard].to(device)
+            t = sample_timesteps(dcfg, b, self.generator)[shard].to(device)
             self.model.train()
             z0 = self.net.label_encoder(y)
             z_image = self.net.image_encoder(x)
