@@ -98,8 +98,8 @@ class DiffusionConfig:
     # Training timesteps: "uniform" over 0..T-1 (the method page), or "late": density
     # proportional to t, so the steps where the label latent is mostly noise, and the image
     # latent decides, are drawn more often. Knee slices: Dice lost at sigma 0.1 0.008-0.011
-    # against 0.022-0.045 (two seeds); knee 3D +0.018, GlaS -0.007 (two seeds) on clean
-    # images. Not yet the default (benchmarks/results/timestep_sampling_2026-12-03.md).
+    # against 0.022-0.045 (two seeds); on clean images knee 3D +0.008, GlaS -0.007 (means of
+    # two seeds). Not yet the default (benchmarks/results/timestep_sampling_2026-12-03.md).
     timestep_sampling: str = "uniform"
     ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("timestep_sampling",)
     sampling_steps: int = 15
