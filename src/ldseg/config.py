@@ -101,9 +101,10 @@ class DiffusionConfig:
     # against 0.022-0.045 (two seeds); on clean images knee 3D +0.008, GlaS -0.007 (means of
     # two seeds). Not yet the default (benchmarks/results/timestep_sampling_2026-12-03.md).
     timestep_sampling: str = "uniform"
-    ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("timestep_sampling",)
     sampling_steps: int = 15
     eta: float = 0.0  # 0 = DDIM, 1 = DDPM
+    # Keys added after the first release: a config file without them gets the defaults.
+    ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("timestep_sampling",)
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "linear", "quadratic"):

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldseg.config import ModelConfig
+from ldseg.inference.runtime import channels_last_format
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -98,7 +99,7 @@ class ResBlock(nn.Module):
                 or not all(isinstance(n, nn.GroupNorm) for n in norms)):
             return self._forward(x)
         d = x.ndim - 2
-        layout = torch.channels_last if d == 2 else torch.channels_last_3d
+        layout = channels_last_format(d)
         if self.conv1.weight.is_contiguous(memory_format=layout):
             # Keep the weights' layout: a contiguous x here would leave this and every later
             # stage in the slow layout (3D decoder 4.7 -> 7.4 s measured).
@@ -219,13 +220,12 @@ class ImageEncoder(nn.Module):
                 i += 1
         return h
 
-
     def _stem(self, image: torch.Tensor) -> torch.Tensor:
         h = self.net[0](image)
         # With one input channel oneDNN returns the 3D stem's output contiguous even when the
         # weights are channels-last; the first block's convs would then each make a
         # channels-last copy of it (3D 128x128x256: a 256 MB transient at the process peak).
-        layout = torch.channels_last if h.ndim == 4 else torch.channels_last_3d
+        layout = channels_last_format(h.ndim - 2)
         weight = self.net[1].conv1.weight
         if weight.is_contiguous(memory_format=layout) and not weight.is_contiguous():
             h = h.contiguous(memory_format=layout)
@@ -283,7 +283,7 @@ def upsample_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     (3D 32x32x64: 0.39 s against 0.46 s as a transposed conv; benchmarks/results/speed_log.md).
     """
     d = x.ndim - 2
-    layout = (torch.channels_last if d == 2 else torch.channels_last_3d)
+    layout = channels_last_format(d)
     if x.is_contiguous(memory_format=layout) and not x.is_contiguous():
         weight = conv.weight
         for dim in range(2, 2 + d):
@@ -339,7 +339,7 @@ class LabelDecoder(nn.Module):
                 # Inlined so that rebinding h frees the stage input as soon as its upsampling
                 # exists, instead of the call frame holding it through the block (at 512x512,
                 # 17 MB less at the decoder's peak).
-                h = F.silu(upsample_conv(h, self.ups[index]), inplace=not torch.is_grad_enabled())
+                h = self._upsample(h, index)
                 h = self._block(h, index)
         return self.out(h)
 
@@ -350,8 +350,10 @@ class LabelDecoder(nn.Module):
     low_memory_elements = 2**24
 
     def _stage(self, h: torch.Tensor, index: int) -> torch.Tensor:
-        h = F.silu(upsample_conv(h, self.ups[index]), inplace=not torch.is_grad_enabled())
-        return self._block(h, index)
+        return self._block(self._upsample(h, index), index)
+
+    def _upsample(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        return F.silu(upsample_conv(h, self.ups[index]), inplace=not torch.is_grad_enabled())
 
     def _block(self, h: torch.Tensor, index: int) -> torch.Tensor:
         if not torch.is_grad_enabled() and h.numel() >= self.low_memory_elements:

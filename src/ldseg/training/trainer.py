@@ -30,7 +30,7 @@ from ldseg.data.preprocessing import PreparedCase, finite_image, prepare_case
 from ldseg.diffusion.schedule import NoiseSchedule, sample_timesteps
 from ldseg.errors import LdsegError
 from ldseg.files import atomic_write, check_output_folder
-from ldseg.inference.runtime import full_resolution_parts
+from ldseg.inference.runtime import channels_last_format, full_resolution_parts
 from ldseg.inference.sampling import segment_batch
 from ldseg.model.baseline import BaselineLoss, build_model
 from ldseg.training.augment import augment_batch
@@ -110,8 +110,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.memory_format = torch.preserve_format
         if tc.channels_last:
-            self.memory_format = (torch.channels_last if config.model.spatial_dims == 2
-                                  else torch.channels_last_3d)
+            self.memory_format = channels_last_format(config.model.spatial_dims)
             for net in (self.model, self.ema):  # not the denoiser: see inference.runtime
                 for part in full_resolution_parts(net):
                     part.to(memory_format=self.memory_format)
