@@ -149,11 +149,12 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     widths, noise, image_latent, prob, timesteps = {}, {}, {}, {}, {}
     for size in ("lean", "reference"):
         run = tmp_path / size
-        # lean, a planned latent factor, 4 image-latent channels and noise 1.0 are the defaults
+        # lean, a planned latent factor, 4 image-latent channels, noise 1.0 and late timesteps are
+        # the defaults
         flags = [] if size == "lean" else ["--size", "reference", "--noise-augment", "0.3",
                                            "--downsamplings", "3", "--image-latent-channels", "2",
                                            "--noise-augment-prob", "0.5",
-                                           "--timestep-sampling", "late"]
+                                           "--timestep-sampling", "uniform"]
         assert run_cli(["train", easy, "-o", run, *FAST[:2], "--epochs", "1",
                         "--iters-per-epoch", "1", "--batch-size", "2", "--no-progress",
                         *flags], capsys)[0] == 0
@@ -170,7 +171,7 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     assert image_latent == {"lean": 4, "reference": 2}
     assert noise == {"lean": 1.0, "reference": 0.3}
     assert prob == {"lean": 1.0, "reference": 0.5}
-    assert timesteps == {"lean": "uniform", "reference": "late"}
+    assert timesteps == {"lean": "late", "reference": "uniform"}
     code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-augment-prob", "1.5",
                             "--no-progress"], capsys)
     one_line_error(code, err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -38,7 +39,7 @@ def test_invalid_configs_are_clear_errors(tmp_path, mutate, message):
         load_run_config(path)
 
 
-def test_a_config_from_before_the_added_keys_loads_with_their_defaults(tmp_path):
+def test_a_config_from_before_the_added_keys_loads_with_what_it_meant(tmp_path):
     data = to_dict(RunConfig())
     for section in ("model", "train", "diffusion"):
         for key in type(getattr(RunConfig(), section)).ADDED_KEYS:
@@ -46,7 +47,13 @@ def test_a_config_from_before_the_added_keys_loads_with_their_defaults(tmp_path)
     assert "timestep_sampling" not in data["diffusion"]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
-    assert load_run_config(path) == RunConfig()
+    loaded = load_run_config(path)
+    # a run from before the key trained with uniform timesteps, and resumes so; new runs: late
+    assert loaded.diffusion.timestep_sampling == "uniform"
+    assert RunConfig().diffusion.timestep_sampling == "late"
+    assert loaded == dataclasses.replace(
+        RunConfig(), diffusion=dataclasses.replace(RunConfig().diffusion,
+                                                   timestep_sampling="uniform"))
 
 
 def test_malformed_json_and_missing_file(tmp_path):

@@ -91,8 +91,9 @@ def _add_train(sub) -> None:
     m.add_argument("--schedule", choices=("cosine", "linear", "quadratic"), default="cosine")
     m.add_argument("--denoised-rule", choices=("x0", "residual"), default="x0")
     m.add_argument("--shared-noise", action="store_true", help="reference quirk")
-    m.add_argument("--timestep-sampling", choices=("uniform", "late"), default="uniform",
-                   help="training timesteps: uniform, or late (density proportional to t)")
+    m.add_argument("--timestep-sampling", choices=("uniform", "late"),
+                   help="training timesteps: late (the default, density proportional to t) "
+                        "or uniform")
     m.add_argument("--steps", type=int, default=15, help="sampling steps for validation")
     p.add_argument("--no-progress", action="store_true")
 
@@ -260,7 +261,8 @@ def _cmd_train(args) -> None:
     )
     dc = DiffusionConfig(schedule=args.schedule, denoised_rule=args.denoised_rule,
                          shared_noise=args.shared_noise, sampling_steps=args.steps,
-                         timestep_sampling=args.timestep_sampling)
+                         **({} if args.timestep_sampling is None
+                            else {"timestep_sampling": args.timestep_sampling}))
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}

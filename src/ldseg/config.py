@@ -50,8 +50,9 @@ class ModelConfig:
     # Baseline U-Net widths, one per resolution level: len - 1 downsamplings, as many as the
     # label encoder's by default so that both plan the same grid (2D 1.63 M vs LDSeg 1.83 M).
     baseline_widths: tuple[int, ...] = (16, 32, 64, 128, 256)
-    # Keys added after the first release: a config file without them gets the defaults.
-    ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("architecture", "baseline_widths")
+    # Keys added after the first release, with what a config file without them meant.
+    ADDED_KEYS: typing.ClassVar[dict[str, object]] = {
+        "architecture": "ldseg", "baseline_widths": (16, 32, 64, 128, 256)}
 
     @property
     def downsample_factor(self) -> int:
@@ -95,16 +96,19 @@ class DiffusionConfig:
     denoised_rule: str = "x0"
     x0_min_divisor: float = 0.05  # clamps sqrt(alpha_bar) in training; see method pitfalls
     shared_noise: bool = False  # reference quirk: one eps repeated across the batch
-    # Training timesteps: "uniform" over 0..T-1 (the method page), or "late": density
-    # proportional to t, so the steps where the label latent is mostly noise, and the image
-    # latent decides, are drawn more often. Knee slices: Dice lost at sigma 0.1 0.008-0.011
-    # against 0.022-0.045 (two seeds); on clean images knee 3D +0.008, GlaS -0.007 (means of
-    # two seeds). Not yet the default (benchmarks/results/timestep_sampling_2026-12-03.md).
-    timestep_sampling: str = "uniform"
+    # Training timesteps: "late", density proportional to t, so the steps where the label
+    # latent is mostly noise, and the image latent decides, are drawn more often; or "uniform"
+    # over 0..T-1 (the method page). Knee slices: Dice lost at sigma 0.1 0.008-0.011 against
+    # 0.022-0.045 (two seeds); on clean images knee 3D +0.008, GlaS -0.007 (means of two
+    # seeds; benchmarks/results/timestep_sampling_2026-12-03.md). The whole accuracy benchmark
+    # with late met the knee 3D Dice target that uniform had missed (0.915 against 0.919) and
+    # halved the knee 2D loss at sigma 0.1 (0.019 against 0.043; benchmarks/results/accuracy.md).
+    timestep_sampling: str = "late"
     sampling_steps: int = 15
     eta: float = 0.0  # 0 = DDIM, 1 = DDPM
-    # Keys added after the first release: a config file without them gets the defaults.
-    ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("timestep_sampling",)
+    # Keys added after the first release, with what a config file without them meant: runs
+    # from before timestep_sampling trained (and resume) with uniform timesteps.
+    ADDED_KEYS: typing.ClassVar[dict[str, object]] = {"timestep_sampling": "uniform"}
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "linear", "quadratic"):
@@ -157,7 +161,7 @@ class TrainConfig:
     # Acquisition-like noise (training.augment.add_acquisition_noise), std drawn per sample from
     # [0, noise_augment_std] in z-score units. On knee slices 1.0 cut the baseline's Dice lost
     # at sigma 0.1 from 0.025 to 0.003-0.007 in every run; LDSeg's loss went from 0.055 to
-    # between 0.006 and 0.17, run to run (README, Choices; benchmarks/results/accuracy.md).
+    # between 0.006 and 0.17, run to run (README, Choices).
     # Sigma 0.1 reaches the network as noise / contrast 1.05 on knee case 5, just past 1.0:
     # 2.0 lost less there (0.022-0.026 against 0.053) at the same clean Dice
     # (benchmarks/results/accuracy_knee2d.md); not yet measured on 3D or GlaS.
@@ -173,8 +177,8 @@ class TrainConfig:
     # Recompute residual blocks in backward: far less activation memory (3D, large 2D grids)
     # for about a third more compute; the numbers are the same.
     gradient_checkpointing: bool = False
-    ADDED_KEYS: typing.ClassVar[tuple[str, ...]] = ("gradient_checkpointing",
-                                                    "noise_augment_prob")
+    ADDED_KEYS: typing.ClassVar[dict[str, object]] = {"gradient_checkpointing": False,
+                                                      "noise_augment_prob": 1.0}
 
     def validate(self) -> None:
         if not 0 <= self.noise_augment_prob <= 1:
@@ -242,11 +246,13 @@ def from_dict(cls, data: dict, where: str = "config"):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
-    missing = sorted(names - set(data) - set(getattr(cls, "ADDED_KEYS", ())))
+    added = getattr(cls, "ADDED_KEYS", {})
+    missing = sorted(names - set(data) - set(added))
     if unknown:
         raise LdsegError(f"{where}: unknown keys {unknown}")
     if missing:
         raise LdsegError(f"{where}: missing keys {missing}")
+    data = {k: v for k, v in added.items() if k not in data} | data
     return cls(**{k: _coerce(hints[k], data[k], f"{where}.{k}") for k in names if k in data})
 
 
