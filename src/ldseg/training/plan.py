@@ -22,7 +22,7 @@ SIZES = ("lean", "reference")
 # 1/16 latent is 32x32; at smaller grids a fixed 1/16 leaves the label latent too coarse to
 # hold the shapes: knee MRI slices at 160x112, 1/16 = 10x7, the label autoencoder alone (no
 # denoiser) reached Dice 0.953 and LDSeg 0.919; at 1/8 (20x14) 0.975 and 0.931-0.941. GlaS at
-# 224x320 keeps 1/16 (14x20): 1/8 scored 0.855 against 0.902 (benchmarks/results/accuracy.md).
+# 224x320 keeps 1/16 (14x20): 1/8 scored 0.855 against 0.902 (README, Choices).
 DOWNSAMPLINGS = {2: 4, 3: 3}
 MIN_LATENT_AXIS = {2: 12, 3: 4}
 
@@ -50,7 +50,7 @@ def default_model(spatial_dims: int, in_channels: int, num_classes: int,
     the half-resolution ones to 32. Three of the four networks run at image resolution, so
     these few layers were most of a training step: one step is 2x (2D, knee 160x112, batch 8:
     0.75 -> 0.38 s) to 3.3x (3D, 56x40x80, batch 2: 3.88 -> 1.17 s) faster, so a wall-clock
-    budget buys that many more steps (benchmarks/results/accuracy.md). The latent, the
+    budget buys that many more steps (README, Choices). The latent, the
     denoiser and the sampler are unchanged. In 2D its image latent has 4 channels (the
     reference's 1 is a bottleneck: knee slices 0.911 with 1, 0.931-0.941 with 2, 4 or 8).
 
