@@ -164,7 +164,9 @@ class TrainConfig:
     # between 0.006 and 0.17, run to run (README, Choices).
     # Sigma 0.1 reaches the network as noise / contrast 1.05 on knee case 5, just past 1.0:
     # 2.0 lost less there (0.022-0.026 against 0.053) at the same clean Dice
-    # (benchmarks/results/accuracy_knee2d.md); not yet measured on 3D or GlaS.
+    # (benchmarks/results/accuracy_knee2d.md), but it cost knee 3D 0.018 with uniform timesteps
+    # and about 0.007 with late ones (accuracy_noise2_2026-12-02.md,
+    # timestep_sampling_2026-12-03.md), so 1.0 stays.
     noise_augment_std: float = 1.0
     # The share of training samples that get that noise; the rest stay clean. Knee slices,
     # seeds 0/1: 0.5 against 1.0 scored 0.922/0.915 against 0.914/0.908 at sigma 0 (10 min),
