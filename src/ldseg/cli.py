@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ldseg.config import TIMESTEP_SAMPLINGS
 from ldseg.errors import LdsegError, LdsegWarning
 from ldseg.inference.postprocess import DEFAULT_KEEP_FRACTION
 
@@ -91,7 +92,7 @@ def _add_train(sub) -> None:
     m.add_argument("--schedule", choices=("cosine", "linear", "quadratic"), default="cosine")
     m.add_argument("--denoised-rule", choices=("x0", "residual"), default="x0")
     m.add_argument("--shared-noise", action="store_true", help="reference quirk")
-    m.add_argument("--timestep-sampling", choices=("uniform", "late"),
+    m.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLINGS,
                    help="training timesteps: late (the default, density proportional to t) "
                         "or uniform")
     m.add_argument("--steps", type=int, default=15, help="sampling steps for validation")

@@ -16,6 +16,8 @@ from pathlib import Path
 from ldseg.errors import LdsegError
 from ldseg.files import atomic_write
 
+TIMESTEP_SAMPLINGS = ("uniform", "late")  # DiffusionConfig.timestep_sampling; the CLI's choices
+
 
 @dataclass
 class ModelConfig:
@@ -117,9 +119,10 @@ class DiffusionConfig:
             raise LdsegError(
                 f"denoised_rule must be 'x0' or 'residual', got '{self.denoised_rule}'"
             )
-        if self.timestep_sampling not in ("uniform", "late"):
-            raise LdsegError("timestep_sampling must be 'uniform' or 'late', got "
-                             f"'{self.timestep_sampling}'")
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise LdsegError("timestep_sampling must be "
+                             + " or ".join(f"'{s}'" for s in TIMESTEP_SAMPLINGS)
+                             + f", got '{self.timestep_sampling}'")
         if self.sampling_steps < 1 or self.sampling_steps > self.timesteps:
             raise LdsegError(f"sampling steps must be within 1..{self.timesteps}")
 
