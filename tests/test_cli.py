@@ -149,8 +149,8 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     widths, noise, image_latent, prob, timesteps = {}, {}, {}, {}, {}
     for size in ("lean", "reference"):
         run = tmp_path / size
-        # lean, a planned latent factor, 4 image-latent channels, noise 1.0 and late timesteps are
-        # the defaults
+        # lean, a planned latent factor, 4 image-latent channels, noise 2.0 (2D) and late
+        # timesteps are the defaults
         flags = [] if size == "lean" else ["--size", "reference", "--noise-augment", "0.3",
                                            "--downsamplings", "3", "--image-latent-channels", "2",
                                            "--noise-augment-prob", "0.5",
@@ -169,7 +169,7 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     # a 32x32 grid: the planner keeps a 16x16 latent, one downsampling
     assert widths["lean"] == ([8, 32], [32], [32])
     assert image_latent == {"lean": 4, "reference": 2}
-    assert noise == {"lean": 1.0, "reference": 0.3}
+    assert noise == {"lean": 2.0, "reference": 0.3}  # planned for a 2D model
     assert prob == {"lean": 1.0, "reference": 0.5}
     assert timesteps == {"lean": "late", "reference": "uniform"}
     code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-augment-prob", "1.5",

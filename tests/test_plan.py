@@ -74,3 +74,16 @@ def test_a_grid_the_planned_factor_does_not_divide_is_refused():
         plan_run(_spec(2), [(100, 100)], [(1.0, 1.0)], grid=(100, 100))
     with pytest.raises(LdsegError, match="2 axes"):
         plan_run(_spec(2), [(100, 100)], [(1.0, 1.0)], grid=(96, 96, 96))
+
+
+def test_training_noise_and_flips_are_planned_by_dimensionality_unless_given():
+    from ldseg.config import TrainConfig
+
+    slices = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], dims=2)
+    volume = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)])
+    assert (slices.train.noise_augment_std, slices.train.flip_axes) == (2.0, (0, 1))
+    assert (volume.train.noise_augment_std, volume.train.flip_axes) == (1.0, ())
+    given = TrainConfig(noise_augment_std=0.3, flip_axes=(1,))
+    kept = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], dims=2, train=given,
+                    auto_flips=False, auto_noise=False)
+    assert (kept.train.noise_augment_std, kept.train.flip_axes) == (0.3, (1,))

@@ -67,7 +67,8 @@ def _add_train(sub) -> None:
     g.add_argument("--noise-augment", type=float, metavar="STD",
                    help="Gaussian image noise in training, as a noisy scan looks after "
                         "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "
-                        "rescaled to unit variance (0 = off; default 1.0)")
+                        "rescaled to unit variance (0 = off; default 2.0 for a 2D model, 1.0 "
+                        "for 3D)")
     g.add_argument("--noise-augment-prob", type=float, metavar="P",
                    help="share of training samples that get that noise, the others stay "
                         "clean (default 1.0)")
@@ -287,7 +288,8 @@ def _cmd_train(args) -> None:
                       overwrite=args.overwrite, allow_nan=args.allow_nan, dims=args.dims,
                       grid=args.grid, max_voxels=args.max_voxels,
                       slice_axis=args.slice_axis, model=model, diffusion=dc, train=tc,
-                      auto_flips=args.flip_axes is None, keep_aspect=not args.no_keep_aspect,
+                      auto_flips=args.flip_axes is None,
+                      auto_noise=args.noise_augment is None, keep_aspect=not args.no_keep_aspect,
                       downsamplings="auto" if args.downsamplings is None else args.downsamplings)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     if rank_from_env() == 0:  # under torchrun every rank holds the same result

@@ -139,6 +139,17 @@ class PreprocessConfig:
     data_spatial_dims: int = 2  # of the dataset files
 
 
+# Training noise width by model dimensionality, as nnU-Net tunes its augmentation per 2D/3D
+# configuration. On knee slices 1.0 cut the baseline's Dice lost at sigma 0.1 from 0.025 to
+# 0.003-0.007; LDSeg's still fell off a cliff past the trained noise (loss 0.019, 0.79 at 0.14).
+# Sigma 0.1 reaches the network as noise / contrast 1.05 on knee case 5, just past 1.0, and 2.0
+# (with late timesteps) lost 0.001-0.004 over three seeds at the same clean Dice, no cliff at 0.14
+# (timestep_sampling_2026-12-03.md). A 3D model sees the noise averaged over its 3D neighbourhood
+# and stayed flat under noise at 1.0, while 2.0 cost knee 3D about 0.007 of clean Dice in a
+# 20-minute budget (accuracy_noise2_2026-12-02.md, timestep_sampling_2026-12-03.md).
+DEFAULT_NOISE_AUGMENT_STD: dict[int, float] = {2: 2.0, 3: 1.0}
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, augmentation and bookkeeping."""
@@ -162,14 +173,8 @@ class TrainConfig:
     flip_axes: tuple[int, ...] = ()  # spatial axes mirrored at random
     intensity_augment: bool = True
     # Acquisition-like noise (training.augment.add_acquisition_noise), std drawn per sample from
-    # [0, noise_augment_std] in z-score units. On knee slices 1.0 cut the baseline's Dice lost
-    # at sigma 0.1 from 0.025 to 0.003-0.007 in every run; LDSeg's loss went from 0.055 to
-    # between 0.006 and 0.17, run to run (README, Choices).
-    # Sigma 0.1 reaches the network as noise / contrast 1.05 on knee case 5, just past 1.0:
-    # 2.0 lost less there (0.022-0.026 against 0.053) at the same clean Dice
-    # (benchmarks/results/accuracy_knee2d.md), but it cost knee 3D 0.018 with uniform timesteps
-    # and about 0.007 with late ones (accuracy_noise2_2026-12-02.md,
-    # timestep_sampling_2026-12-03.md), so 1.0 stays.
+    # [0, noise_augment_std] in z-score units. `ldseg train` plans it by dimensionality
+    # (DEFAULT_NOISE_AUGMENT_STD); this field default is the 3D one.
     noise_augment_std: float = 1.0
     # The share of training samples that get that noise; the rest stay clean. Knee slices,
     # seeds 0/1: 0.5 against 1.0 scored 0.922/0.915 against 0.914/0.908 at sigma 0 (10 min),

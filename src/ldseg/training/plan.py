@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ldseg.config import DiffusionConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from ldseg.config import (
+    DEFAULT_NOISE_AUGMENT_STD,
+    DiffusionConfig,
+    ModelConfig,
+    PreprocessConfig,
+    RunConfig,
+    TrainConfig,
+)
 from ldseg.data.dataset import DatasetSpec
 from ldseg.data.preprocessing import DEFAULT_GRID_VOXELS, choose_grid, slice_axis_for
 from ldseg.errors import LdsegError
@@ -124,6 +131,7 @@ def plan_run(
     diffusion: DiffusionConfig | None = None,
     train: TrainConfig | None = None,
     auto_flips: bool = True,
+    auto_noise: bool = True,
     keep_aspect: bool = True,
     downsamplings: int | str | None = None,
 ) -> RunConfig:
@@ -167,6 +175,8 @@ def plan_run(
     train = train or TrainConfig()
     if auto_flips:  # mirror 2D images; 3D anatomy (left/right, femur above tibia) is not
         train = replace(train, flip_axes=(0, 1) if dims == 2 else ())
+    if auto_noise:  # the training-noise width that held up for this dimensionality
+        train = replace(train, noise_augment_std=DEFAULT_NOISE_AUGMENT_STD[dims])
     config = RunConfig(
         model=model, diffusion=diffusion or DiffusionConfig(), preprocess=preprocess,
         train=train, class_names=tuple(spec.class_names), channel_names=tuple(spec.channel_names),
