@@ -64,6 +64,9 @@ def _add_train(sub) -> None:
     g.add_argument("--flip-axes", type=_ints, default=None,
                    help="spatial axes to mirror at random (default: all in 2D, none in 3D)")
     g.add_argument("--no-intensity-augment", action="store_true")
+    g.add_argument("--dice-weight", type=float, metavar="GAMMA",
+                   help="weight of (1 - Dice) against cross-entropy in the loss (default 2, "
+                        "the method page's gamma)")
     g.add_argument("--noise-augment", type=float, metavar="STD",
                    help="Gaussian image noise in training, as a noisy scan looks after "
                         "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "
@@ -256,6 +259,7 @@ def _cmd_train(args) -> None:
         val_every=args.val_every, val_fraction=args.val_fraction, val_cases=args.val_cases,
         flip_axes=args.flip_axes if args.flip_axes is not None else (),
         intensity_augment=not args.no_intensity_augment, seed=args.seed,
+        **({} if args.dice_weight is None else {"gamma_dice": args.dice_weight}),
         **({} if args.noise_augment is None else {"noise_augment_std": args.noise_augment}),
         **({} if args.noise_augment_prob is None
            else {"noise_augment_prob": args.noise_augment_prob}),

@@ -104,7 +104,8 @@ class DiffusionConfig:
     # 0.022-0.045 (two seeds); on clean images knee 3D +0.008, GlaS -0.007 (means of two
     # seeds; benchmarks/results/timestep_sampling_2026-12-03.md). The whole accuracy benchmark
     # with late met the knee 3D Dice target that uniform had missed (0.915 against 0.919) and
-    # halved the knee 2D loss at sigma 0.1 (0.019 against 0.043; benchmarks/results/accuracy.md).
+    # halved the knee 2D loss at sigma 0.1 (0.019 against 0.043;
+    # benchmarks/results/accuracy_bd1ae2c.md).
     timestep_sampling: str = "late"
     sampling_steps: int = 15
     eta: float = 0.0  # 0 = DDIM, 1 = DDPM
@@ -196,6 +197,8 @@ class TrainConfig:
                 f"noise_augment_prob must be within 0..1, got {self.noise_augment_prob}")
         if self.noise_augment_std < 0:
             raise LdsegError(f"noise_augment_std must be >= 0, got {self.noise_augment_std}")
+        if self.gamma_dice < 0:
+            raise LdsegError(f"gamma_dice must be >= 0, got {self.gamma_dice}")
 
 
 @dataclass
