@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldseg.model.baseline import BaselineLoss
-from ldseg.training.loss import LDSegLoss
+from ldseg.training.loss import BaselineLoss, LDSegLoss
 
 
 def _batch(seed: int = 0):

@@ -31,6 +31,12 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _given(**options):
+    """The options the user gave (not None): the rest keep the config's or the planner's
+    defaults."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train LDSeg on a dataset in nnU-Net v2 raw layout")
     p.add_argument("dataset", type=Path)
@@ -259,16 +265,13 @@ def _cmd_train(args) -> None:
         val_every=args.val_every, val_fraction=args.val_fraction, val_cases=args.val_cases,
         flip_axes=args.flip_axes if args.flip_axes is not None else (),
         intensity_augment=not args.no_intensity_augment, seed=args.seed,
-        **({} if args.dice_weight is None else {"gamma_dice": args.dice_weight}),
-        **({} if args.noise_augment is None else {"noise_augment_std": args.noise_augment}),
-        **({} if args.noise_augment_prob is None
-           else {"noise_augment_prob": args.noise_augment_prob}),
+        **_given(gamma_dice=args.dice_weight, noise_augment_std=args.noise_augment,
+                 noise_augment_prob=args.noise_augment_prob),
         num_threads=args.threads, gradient_checkpointing=args.grad_checkpoint,
     )
     dc = DiffusionConfig(schedule=args.schedule, denoised_rule=args.denoised_rule,
                          shared_noise=args.shared_noise, sampling_steps=args.steps,
-                         **({} if args.timestep_sampling is None
-                            else {"timestep_sampling": args.timestep_sampling}))
+                         **_given(timestep_sampling=args.timestep_sampling))
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}

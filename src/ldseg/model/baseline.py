@@ -8,8 +8,6 @@ same budget. Its prediction is one softmax; its uncertainty is that softmax's en
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 from torch import nn
 
@@ -49,18 +47,3 @@ def build_model(cfg: ModelConfig) -> LDSeg | BaselineUNet:
     """The network the config names: LDSeg's four modules or the baseline U-Net."""
     return BaselineUNet(cfg) if cfg.architecture == "baseline" else LDSeg(cfg)
 
-
-class BaselineLoss:
-    """CE + gamma (1 - Dice): LDSeg's loss without the noise term, same weights and the same
-    batch-wide Dice over all classes, so the two models optimise the same segmentation goal."""
-
-    def __init__(self, gamma: float = 2.0) -> None:
-        self.gamma = gamma
-        self.dice = DiceLoss(include_background=True, to_onehot_y=True, softmax=True, batch=True)
-
-    def __call__(self, logits: torch.Tensor,
-                 label: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        target = label.long()
-        ce = F.cross_entropy(logits, target)
-        dice = self.dice(logits, target[:, None])
-        return ce + self.gamma * dice, {"ce": ce.item(), "dice_loss": dice.item()}

@@ -32,11 +32,11 @@ from ldseg.errors import LdsegError
 from ldseg.files import atomic_write, check_output_folder
 from ldseg.inference.runtime import channels_last_format, full_resolution_parts
 from ldseg.inference.sampling import segment_batch
-from ldseg.model.baseline import BaselineLoss, build_model
+from ldseg.model.baseline import build_model
 from ldseg.training.augment import augment_batch
 from ldseg.training.checkpoint import atomic_save_tensors, load_tensors, save_model
 from ldseg.training.distributed import Dist, GlobalDiceLoss, session
-from ldseg.training.loss import LDSegLoss
+from ldseg.training.loss import BaselineLoss, LDSegLoss
 from ldseg.training.memory import check_training_memory
 
 MODEL_BEST = "model_best.safetensors"
