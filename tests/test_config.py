@@ -29,6 +29,7 @@ def test_round_trip(tmp_path):
     (lambda d: d["diffusion"].update(schedule="sigmoid"), "unknown noise schedule"),
     (lambda d: d["model"].update(norm="layer"), "norm must be"),
     (lambda d: d["diffusion"].update(timestep_sampling="early"), "timestep_sampling must be"),
+    (lambda d: d["preprocess"].update(pad_value="max"), "pad_value must be"),
 ])
 def test_invalid_configs_are_clear_errors(tmp_path, mutate, message):
     data = to_dict(RunConfig())
@@ -41,19 +42,22 @@ def test_invalid_configs_are_clear_errors(tmp_path, mutate, message):
 
 def test_a_config_from_before_the_added_keys_loads_with_what_it_meant(tmp_path):
     data = to_dict(RunConfig())
-    for section in ("model", "train", "diffusion"):
+    for section in ("model", "train", "diffusion", "preprocess"):
         for key in type(getattr(RunConfig(), section)).ADDED_KEYS:
             data[section].pop(key)
     assert "timestep_sampling" not in data["diffusion"]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
     loaded = load_run_config(path)
-    # a run from before the key trained with uniform timesteps, and resumes so; new runs: late
+    # a run from before the key trained with uniform timesteps and padded with the darkest
+    # voxel, and resumes and predicts so; new runs: late timesteps, the border's mean
     assert loaded.diffusion.timestep_sampling == "uniform"
     assert RunConfig().diffusion.timestep_sampling == "late"
+    assert (loaded.preprocess.pad_value, RunConfig().preprocess.pad_value) == ("min", "border")
     assert loaded == dataclasses.replace(
         RunConfig(), diffusion=dataclasses.replace(RunConfig().diffusion,
-                                                   timestep_sampling="uniform"))
+                                                   timestep_sampling="uniform"),
+        preprocess=dataclasses.replace(RunConfig().preprocess, pad_value="min"))
 
 
 def test_malformed_json_and_missing_file(tmp_path):

@@ -9,11 +9,13 @@ import torch
 from ldseg.data.preprocessing import (
     choose_grid,
     normalize_intensity,
+    pad_values,
     placement_for,
     prepare_case,
     restore_probabilities,
     slice_axis_for,
 )
+from ldseg.errors import LdsegError
 
 
 def test_grid_axes_are_multiples_and_respect_the_voxel_budget():
@@ -78,3 +80,49 @@ def test_slicing_a_volume_for_a_2d_model_and_reassembling_it():
     assert back.shape == (2, 20, 30, 12)
     # Slice k of the reassembled volume comes from slice k of the input.
     assert (back.argmax(0).numpy()[:, :, 5] == label[:, :, 5]).mean() > 0.8
+
+
+
+def test_border_pad_value_is_the_mean_of_the_edge_per_channel():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    edge = torch.ones(4, 5, dtype=torch.bool)
+    edge[1:-1, 1:-1] = False
+    expected = x[:, :, edge].transpose(0, 1).reshape(3, -1).mean(1)
+    assert torch.allclose(pad_values(x, "border").flatten(), expected)
+    assert torch.equal(pad_values(x, "min").flatten(), torch.zeros(3))
+    with pytest.raises(LdsegError, match="padding rule"):
+        pad_values(x, "max")
+
+
+# (image shape, slice axis, grid, the image's place on the grid: the rest is padding)
+PADDED = [((2, 64, 32), None, (64, 64), (slice(None), slice(16, 48))),
+          ((1, 32, 24, 48), None, (32, 48, 48), (slice(None), slice(12, 36), slice(None))),
+          ((1, 64, 32, 6), 2, (64, 64), (slice(None), slice(16, 48)))]
+
+
+@pytest.mark.parametrize("shape,slice_axis,grid,inside", PADDED)
+def test_padding_continues_the_border_and_holds_still_under_noise(shape, slice_axis, grid,
+                                                                  inside):
+    """The grid around a resized image is filled with the mean of the image's edge, per
+    channel. Under zero-mean noise that value stays put; the darkest voxel ("min", the rule
+    before) falls with the noise and frames the noisy image with a dark band."""
+    rng = np.random.default_rng(0)
+    clean = np.zeros(shape, np.float32)
+    clean[(slice(None),) + tuple(slice(n // 4, 3 * n // 4) for n in shape[1:])] = 1.0
+    clean[-1, : shape[1] // 8] += 0.5  # the channels' edges differ
+    noisy = clean + 0.3 * rng.standard_normal(shape).astype(np.float32)
+
+    def grid_image(image, pad):
+        return prepare_case(image, None, (1.0,) * (len(shape) - 1), grid, keep_aspect=True,
+                            clip_percentiles=(0.5, 99.5), num_classes=2,
+                            slice_axis=slice_axis, pad=pad).images
+
+    corner = (slice(None), slice(None)) + (0,) * len(grid)  # padding, whatever the case
+    for image in (clean, noisy):
+        x = grid_image(image, "border")
+        image_part = x[(slice(None), slice(None)) + inside]
+        value = pad_values(image_part, "border").reshape(1, -1)
+        assert torch.allclose(x[corner], value.expand_as(x[corner]), atol=1e-5)
+    moved = {pad: float((grid_image(noisy, pad)[corner] - grid_image(clean, pad)[corner])
+                        .abs().max()) for pad in ("border", "min")}
+    assert moved["border"] < 0.25 and moved["min"] > 1.0, moved

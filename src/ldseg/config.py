@@ -17,6 +17,7 @@ from ldseg.errors import LdsegError
 from ldseg.files import atomic_write
 
 TIMESTEP_SAMPLINGS = ("uniform", "late")  # DiffusionConfig.timestep_sampling; the CLI's choices
+PAD_VALUES = ("border", "min")  # PreprocessConfig.pad_value
 
 
 @dataclass
@@ -138,6 +139,15 @@ class PreprocessConfig:
     keep_aspect: bool = True  # resize isotropically in physical units, then pad
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     data_spatial_dims: int = 2  # of the dataset files
+    # What fills the grid around a resized image (data.preprocessing.pad_values): "border",
+    # the mean of the image's edge, or "min", its darkest voxel (runs before the option).
+    pad_value: str = "border"
+    ADDED_KEYS: typing.ClassVar[dict[str, object]] = {"pad_value": "min"}
+
+    def validate(self) -> None:
+        if self.pad_value not in PAD_VALUES:
+            raise LdsegError(f"pad_value must be one of {', '.join(PAD_VALUES)}, "
+                             f"got '{self.pad_value}'")
 
 
 # Training noise width by model dimensionality, as nnU-Net tunes its augmentation per 2D/3D
@@ -218,6 +228,7 @@ class RunConfig:
     def validate(self) -> None:
         self.model.validate()
         self.diffusion.validate()
+        self.preprocess.validate()
         self.train.validate()
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ldseg.errors import LdsegError, LdsegWarning
+
+if TYPE_CHECKING:
+    from ldseg.config import PreprocessConfig
 
 DEFAULT_GRID_VOXELS = {2: 256 * 256, 3: 48 * 48 * 64}
 
@@ -125,15 +129,41 @@ def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]
     return out
 
 
+def pad_values(x: torch.Tensor, rule: str) -> torch.Tensor:
+    """(1, C, 1, ...) values to pad the resized images x (N, C, *spatial) with.
+
+    "border": per channel, the mean of the images' outermost voxels, so the padding continues
+    the edge of the field of view. "min" (runs before it): the darkest voxel of all channels,
+    which under image noise is an outlier of the noise: the padding then becomes a dark band
+    the model never saw (a knee-slice model lost 0.044 of grid Dice at sigma 0.1 of the
+    robustness protocol, 0.001 with the padding of the clean image)."""
+    if rule == "min":
+        value = float(x.amin()) if x.numel() else 0.0
+        return torch.full((1, x.shape[1]) + (1,) * (x.ndim - 2), value, dtype=x.dtype)
+    if rule != "border":
+        raise LdsegError(f"unknown padding rule '{rule}' (border, min)")
+    faces = []
+    for axis in range(2, x.ndim):
+        faces += [x.select(axis, 0), x.select(axis, -1)]
+    sums = sum(f.transpose(0, 1).reshape(x.shape[1], -1).sum(1) for f in faces)
+    count = sum(f.numel() // x.shape[1] for f in faces)
+    return (sums / max(count, 1)).reshape((1, x.shape[1]) + (1,) * (x.ndim - 2)).to(x.dtype)
+
+
+def _pad_with(x: torch.Tensor, placement: Placement, grid: tuple[int, ...],
+              rule: str) -> torch.Tensor:
+    value = pad_values(x, rule)
+    return _pad_to_grid(x - value, placement, grid, 0.0) + value
+
+
 def image_to_grid(
     image: np.ndarray, placement: Placement, grid: tuple[int, ...],
-    clip_percentiles: tuple[float, float],
+    clip_percentiles: tuple[float, float], pad: str = "border",
 ) -> torch.Tensor:
     """(C, *spatial) array -> normalised (C, *grid) tensor."""
     x = torch.from_numpy(normalize_intensity(image, clip_percentiles))[None]
     x = _resize(x, placement.resized_shape)
-    pad_value = float(x.amin()) if x.numel() else 0.0
-    return _pad_to_grid(x, placement, grid, pad_value)[0]
+    return _pad_with(x, placement, grid, pad)[0]
 
 
 def label_to_grid(
@@ -192,11 +222,12 @@ def prepare_case(
     clip_percentiles: tuple[float, float],
     num_classes: int,
     slice_axis: int | None = None,
+    pad: str = "border",
 ) -> PreparedCase:
     """(C, *spatial) image and optional label -> model-grid tensors."""
     if slice_axis is None:
         placement = placement_for(image.shape[1:], spacing, grid, keep_aspect)
-        x = image_to_grid(image, placement, grid, clip_percentiles)[None]
+        x = image_to_grid(image, placement, grid, clip_percentiles, pad)[None]
         y = None if label is None else label_to_grid(label, placement, grid, num_classes)[None]
         return PreparedCase(x, y, placement, None)
     # Normalise over the whole volume (consistent across slices), then cut.
@@ -205,12 +236,25 @@ def prepare_case(
     in_plane = tuple(s for a, s in enumerate(spacing) if a != slice_axis)
     placement = placement_for(slices.shape[2:], in_plane, grid, keep_aspect)
     x = _resize(torch.from_numpy(np.ascontiguousarray(slices)), placement.resized_shape)
-    x = _pad_to_grid(x, placement, grid, float(x.amin()))
+    x = _pad_with(x, placement, grid, pad)
     y = None
     if label is not None:
         label_slices = np.moveaxis(label, slice_axis, 0)
         y = torch.stack([label_to_grid(s, placement, grid, num_classes) for s in label_slices])
     return PreparedCase(x, y, placement, slice_axis)
+
+
+def prepare_for_model(
+    image: np.ndarray, label: np.ndarray | None, spacing: tuple[float, ...],
+    config: PreprocessConfig, num_classes: int,
+) -> PreparedCase:
+    """`prepare_case` with a run's saved preprocessing: training, prediction and the
+    diagnostics all come through here, so they cannot drift apart."""
+    return prepare_case(
+        image, label, spacing, config.grid, keep_aspect=config.keep_aspect,
+        clip_percentiles=config.clip_percentiles, num_classes=num_classes,
+        slice_axis=None if config.slice_axis < 0 else config.slice_axis, pad=config.pad_value,
+    )
 
 
 def restore_probabilities(probs: torch.Tensor, prepared: PreparedCase) -> torch.Tensor:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ldseg.data.dataset import find_image_cases
 from ldseg.data.imageio import read_image, write_image
-from ldseg.data.preprocessing import prepare_case, restore_probabilities
+from ldseg.data.preprocessing import prepare_for_model, restore_probabilities
 from ldseg.errors import LdsegError
 from ldseg.files import check_output_folder
 from ldseg.inference.predictor import Segmenter
@@ -41,9 +41,7 @@ def autoencode_label(segmenter: Segmenter, label: np.ndarray, spacing: tuple[flo
                          f"classes 0..{k - 1}")
     pre = cfg.preprocess
     blank = np.zeros((1, *label.shape), np.float32)  # only the label's placement is used
-    prepared = prepare_case(blank, label, spacing, pre.grid, keep_aspect=pre.keep_aspect,
-                            clip_percentiles=pre.clip_percentiles, num_classes=k,
-                            slice_axis=None if pre.slice_axis < 0 else pre.slice_axis)
+    prepared = prepare_for_model(blank, label, spacing, pre, k)
     model = segmenter.model
     probs = []
     for start in range(0, len(prepared.labels), batch_size):

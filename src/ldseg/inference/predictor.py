@@ -26,7 +26,7 @@ from ldseg.data.imageio import (
     spatial_dims_of_ending,
     write_image,
 )
-from ldseg.data.preprocessing import finite_image, prepare_case, restore_probabilities
+from ldseg.data.preprocessing import finite_image, prepare_for_model, restore_probabilities
 from ldseg.diffusion.schedule import NoiseSchedule
 from ldseg.errors import LdsegError
 from ldseg.files import check_output_folder
@@ -149,11 +149,8 @@ class Segmenter:
             )
         image = finite_image(image, source, allow_nan)
         geometry = geometry or Geometry.identity(pre.data_spatial_dims)
-        prepared = prepare_case(
-            image, None, geometry.spacing, pre.grid, keep_aspect=pre.keep_aspect,
-            clip_percentiles=pre.clip_percentiles, num_classes=cfg.model.num_classes,
-            slice_axis=None if pre.slice_axis < 0 else pre.slice_axis,
-        )
+        prepared = prepare_for_model(image, None, geometry.spacing, pre,
+                                     cfg.model.num_classes)
         steps = steps or cfg.diffusion.sampling_steps
         eta = default_eta(cfg, samples, eta)
         generator = torch.Generator().manual_seed(seed)  # per case: order-independent results

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ldseg.data.imageio import Geometry
-from ldseg.data.preprocessing import prepare_case
+from ldseg.data.preprocessing import prepare_for_model
 from ldseg.diffusion.sampler import sampling_timesteps
 from ldseg.errors import LdsegError
 from ldseg.inference.predictor import Segmenter
@@ -60,11 +60,7 @@ def reverse_diffusion(
         raise LdsegError(f"image of shape {image.shape} does not fit the model "
                          f"({cfg.model.in_channels} channel(s), {pre.data_spatial_dims}D)")
     geometry = geometry or Geometry.identity(pre.data_spatial_dims)
-    prepared = prepare_case(
-        image, None, geometry.spacing, pre.grid, keep_aspect=pre.keep_aspect,
-        clip_percentiles=pre.clip_percentiles, num_classes=cfg.model.num_classes,
-        slice_axis=None if pre.slice_axis < 0 else pre.slice_axis,
-    )
+    prepared = prepare_for_model(image, None, geometry.spacing, pre, cfg.model.num_classes)
     n = len(prepared.images)
     index = n // 2 if slice_index is None else min(max(int(slice_index), 0), n - 1)
     x = prepared.images[index:index + 1].to(segmenter.device)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ldseg.config import RunConfig, save_run_config, to_dict
 from ldseg.data.dataset import Case, check_dataset, list_cases, load_case
 from ldseg.data.imageio import image_info
-from ldseg.data.preprocessing import PreparedCase, finite_image, prepare_case
+from ldseg.data.preprocessing import PreparedCase, finite_image, prepare_for_model
 from ldseg.diffusion.schedule import NoiseSchedule, sample_timesteps
 from ldseg.errors import LdsegError
 from ldseg.files import atomic_write, check_output_folder
@@ -65,12 +65,8 @@ def split_cases(cases: list[Case], fraction: float, names: tuple[str, ...], seed
 def prepare(case: Case, config: RunConfig, allow_nan: bool = False) -> PreparedCase:
     image, label, geometry = load_case(case)
     image = finite_image(image, str(case.image_files[0]), allow_nan)
-    pre = config.preprocess
-    return prepare_case(
-        image, label, geometry.spacing, pre.grid, keep_aspect=pre.keep_aspect,
-        clip_percentiles=pre.clip_percentiles, num_classes=config.model.num_classes,
-        slice_axis=None if pre.slice_axis < 0 else pre.slice_axis,
-    )
+    return prepare_for_model(image, label, geometry.spacing, config.preprocess,
+                             config.model.num_classes)
 
 
 @dataclass
