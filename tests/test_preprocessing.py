@@ -126,3 +126,13 @@ def test_padding_continues_the_border_and_holds_still_under_noise(shape, slice_a
     moved = {pad: float((grid_image(noisy, pad)[corner] - grid_image(clean, pad)[corner])
                         .abs().max()) for pad in ("border", "min")}
     assert moved["border"] < 0.25 and moved["min"] > 1.0, moved
+
+
+def test_runs_before_the_border_rule_keep_their_padding_bit_for_bit():
+    """A run saved with pad_value "min" must see the grid it was trained on."""
+    image = np.random.default_rng(0).random((1, 90, 130)).astype(np.float32)
+    grid = prepare_case(image, None, (1.0, 1.0), (64, 96), keep_aspect=True,
+                        clip_percentiles=(0.5, 99.5), num_classes=2, pad="min").images[0]
+    x = torch.from_numpy(normalize_intensity(image, (0.5, 99.5)))[None]
+    x = torch.nn.functional.interpolate(x, size=(64, 92), mode="area")  # placed at offset 2
+    assert torch.equal(grid, torch.nn.functional.pad(x, [2, 2, 0, 0], value=float(x.amin()))[0])

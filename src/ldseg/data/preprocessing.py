@@ -136,7 +136,7 @@ def pad_values(x: torch.Tensor, rule: str) -> torch.Tensor:
     the edge of the field of view. "min" (runs before it): the darkest voxel of all channels,
     which under image noise is an outlier of the noise: the padding then becomes a dark band
     the model never saw (a knee-slice model lost 0.044 of grid Dice at sigma 0.1 of the
-    robustness protocol, 0.001 with the padding of the clean image)."""
+    robustness protocol, and nothing with the padding of the clean image)."""
     if rule == "min":
         value = float(x.amin()) if x.numel() else 0.0
         return torch.full((1, x.shape[1]) + (1,) * (x.ndim - 2), value, dtype=x.dtype)
@@ -152,8 +152,12 @@ def pad_values(x: torch.Tensor, rule: str) -> torch.Tensor:
 
 def _pad_with(x: torch.Tensor, placement: Placement, grid: tuple[int, ...],
               rule: str) -> torch.Tensor:
-    value = pad_values(x, rule)
-    return _pad_to_grid(x - value, placement, grid, 0.0) + value
+    """x (N, C, *resized) placed on a grid filled per channel; x's values are copied exactly."""
+    out = pad_values(x, rule).expand(x.shape[0], x.shape[1], *grid).clone()
+    inside = tuple(slice(o, o + r) for o, r in zip(placement.offset, placement.resized_shape,
+                                                   strict=True))
+    out[(slice(None), slice(None)) + inside] = x
+    return out
 
 
 def image_to_grid(
