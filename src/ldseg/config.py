@@ -157,7 +157,9 @@ class PreprocessConfig:
 # (with late timesteps) lost 0.001-0.004 over three seeds at the same clean Dice, no cliff at 0.14
 # (timestep_sampling_2026-12-03.md). A 3D model sees the noise averaged over its 3D neighbourhood
 # and stayed flat under noise at 1.0, while 2.0 cost knee 3D about 0.007 of clean Dice in a
-# 20-minute budget (accuracy_noise2_2026-12-02.md, timestep_sampling_2026-12-03.md).
+# 20-minute budget (accuracy_noise2_2026-12-02.md, timestep_sampling_2026-12-03.md). All of it
+# was measured with the old padding (pad_value "min"), whose dark band under noise was what the
+# 2D models lost (knee2d_padding_2026-12-04.md); 2.0 against 1.0 is not re-measured since.
 DEFAULT_NOISE_AUGMENT_STD: dict[int, float] = {2: 2.0, 3: 1.0}
 
 
