@@ -82,12 +82,11 @@ def test_slicing_a_volume_for_a_2d_model_and_reassembling_it():
     assert (back.argmax(0).numpy()[:, :, 5] == label[:, :, 5]).mean() > 0.8
 
 
-
 def test_border_pad_value_is_the_mean_of_the_edge_per_channel():
-    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    edge = torch.ones(4, 5, dtype=torch.bool)
-    edge[1:-1, 1:-1] = False
-    expected = x[:, :, edge].transpose(0, 1).reshape(3, -1).mean(1)
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) ** 2  # asymmetric
+    # the four faces: rows 0 and 3, columns 0 and 4 (corners on two faces count twice)
+    faces = [x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]]
+    expected = torch.cat([f.transpose(0, 1).reshape(3, -1) for f in faces], 1).mean(1)
     assert torch.allclose(pad_values(x, "border").flatten(), expected)
     assert torch.equal(pad_values(x, "min").flatten(), torch.zeros(3))
     with pytest.raises(LdsegError, match="padding rule"):

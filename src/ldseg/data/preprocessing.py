@@ -132,8 +132,9 @@ def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]
 def pad_values(x: torch.Tensor, rule: str) -> torch.Tensor:
     """(1, C, 1, ...) values to pad the resized images x (N, C, *spatial) with.
 
-    "border": per channel, the mean of the images' outermost voxels, so the padding continues
-    the edge of the field of view. "min" (runs before it): the darkest voxel of all channels,
+    "border": per channel, the mean over the images' faces (first and last voxel layer of
+    every axis; edge voxels count once per face they lie on), so the padding continues the
+    edge of the field of view. "min" (runs before it): the darkest voxel of all channels,
     which under image noise is an outlier of the noise: the padding then becomes a dark band
     the model never saw (a knee-slice model lost 0.044 of grid Dice at sigma 0.1 of the
     robustness protocol, and nothing with the padding of the clean image)."""
@@ -142,12 +143,9 @@ def pad_values(x: torch.Tensor, rule: str) -> torch.Tensor:
         return torch.full((1, x.shape[1]) + (1,) * (x.ndim - 2), value, dtype=x.dtype)
     if rule != "border":
         raise LdsegError(f"unknown padding rule '{rule}' (border, min)")
-    faces = []
-    for axis in range(2, x.ndim):
-        faces += [x.select(axis, 0), x.select(axis, -1)]
-    sums = sum(f.transpose(0, 1).reshape(x.shape[1], -1).sum(1) for f in faces)
-    count = sum(f.numel() // x.shape[1] for f in faces)
-    return (sums / max(count, 1)).reshape((1, x.shape[1]) + (1,) * (x.ndim - 2)).to(x.dtype)
+    faces = [x.select(axis, end).transpose(0, 1).reshape(x.shape[1], -1)
+             for axis in range(2, x.ndim) for end in (0, -1)]
+    return torch.cat(faces, 1).mean(1).reshape((1, x.shape[1]) + (1,) * (x.ndim - 2))
 
 
 def _pad_with(x: torch.Tensor, placement: Placement, grid: tuple[int, ...],
