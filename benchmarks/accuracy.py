@@ -12,6 +12,10 @@ models with the same noise. Writes benchmarks/results/accuracy.md.
 `--parallel` runs the jobs as 1-thread processes, as many at once as there are cores, in the
 order knee3d LDSeg, knee3d baseline, knee2d ..., so that the two models of a task train side
 by side under the same load. `--report-only` rewrites the table from a finished WORK folder.
+
+`--seeds 0,1,2` trains every model once per seed (WORK/seed0, WORK/seed1, ...) and adds a table
+over the seeds: one run per model says little when two seeds of the same model differ by more
+than the two models do, so the targets are then judged on the means and the paired differences.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -283,6 +288,81 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
     return "\n".join(lines) + "\n"
 
 
+def seed_works(work: Path, seeds: list[int]) -> dict[int, Path]:
+    """One seed keeps the plain WORK layout; several get WORK/seed<S> each."""
+    return {seeds[0]: work} if len(seeds) == 1 else {s: work / f"seed{s}" for s in seeds}
+
+
+def seed_scores(r: dict) -> dict[str, float]:
+    """The figures the targets are judged on, from one seed's task_results."""
+    p, rob = r["predictions"], r["robustness"]
+
+    def fg(folder: str, metric: str) -> float:
+        return p[folder]["foreground_mean"].get(metric, math.nan) if folder in p else math.nan
+
+    return {"dice_s1": fg("ldseg_s1", "Dice"), "dice_s8": fg("ldseg_s8", "Dice"),
+            "dice_baseline": fg("baseline", "Dice"), "ece_s8": fg("ldseg_s8", "ECE"),
+            "ece_baseline": fg("baseline", "ECE"),
+            "loss_ldseg": rob.get("ldseg", {}).get("loss", math.nan),
+            "loss_baseline": rob.get("baseline", {}).get("loss", math.nan)}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (sd NaN for fewer than 2)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else math.nan
+
+
+def seeds_report(works: dict[int, Path], tasks: list[str], ldseg_samples: int) -> str:
+    """Per task, one row per seed, the mean (sd) over seeds, and the targets judged on the means
+    and on the paired differences (the two models of a seed trained side by side)."""
+    cols = ("dice_s1", "dice_s8", "dice_baseline", "ece_s8", "ece_baseline", "loss_ldseg",
+            "loss_baseline")
+    lines = ["", "## Over seeds", "",
+             f"Each seed trains both models again (`ldseg train --seed S`, everything else equal). "
+             f"Loss: foreground Dice lost at sigma {SIGMA_NOISY:g} (`ldseg robustness`).", "",
+             "| task | seed | steps LDSeg / baseline | Dice LDSeg 1 sample | Dice LDSeg mean of "
+             f"{ldseg_samples} | Dice baseline | ECE LDSeg ({ldseg_samples}) | ECE baseline | "
+             "loss LDSeg | loss baseline |", "| --- " * 10 + "|"]
+    targets = []
+    for task in tasks:
+        rows = {}
+        for seed, work in works.items():
+            r = task_results(work, task)
+            if r["predictions"]:
+                rows[seed] = (r["steps"], seed_scores(r))
+        if not rows:
+            continue
+        for seed, (steps, sc) in rows.items():
+            lines.append(f"| {task} | {seed} | {steps['ldseg']} / {steps['baseline']} | "
+                         + " | ".join(_fmt(sc[c], 4 if c.startswith("ece") else 3)
+                                      for c in cols) + " |")
+        stats = {c: mean_sd([sc[c] for _, sc in rows.values()]) for c in cols}
+        lines.append(f"| {task} | mean (sd) of {len(rows)} | | " + " | ".join(
+            f"{_fmt(m, 4 if c.startswith('ece') else 3)} ({_fmt(sd, 4)})"
+            for c, (m, sd) in stats.items()) + " |")
+        scores = [sc for _, sc in rows.values()]
+        ece_diff = mean_sd([sc["ece_s8"] - sc["ece_baseline"] for sc in scores])
+        ece_wins = sum(sc["ece_s8"] < sc["ece_baseline"] for sc in scores)
+        d_l, d_b = stats["dice_s1"][0], stats["dice_baseline"][0]
+        lo_l, lo_b = stats["loss_ldseg"][0], stats["loss_baseline"][0]
+        if max(lo_l, lo_b) < FLAT_LOSS:
+            noise = f"n/a: both lose < {FLAT_LOSS}"
+        else:
+            noise = "met" if lo_l <= 0.5 * max(lo_b, 0.0) else "NOT met"
+        targets.append(
+            f"- {task}, {len(rows)} seeds: Dice (1 sample) {_fmt(d_l)} vs baseline {_fmt(d_b)} "
+            f"({'met' if d_l >= d_b - 0.01 else 'NOT met'}); loss at {SIGMA_NOISY:g} "
+            f"{_fmt(lo_l)} vs {_fmt(lo_b)} ({noise}); ECE {_fmt(stats['ece_s8'][0], 4)} vs "
+            f"{_fmt(stats['ece_baseline'][0], 4)} "
+            f"({'met' if stats['ece_s8'][0] < stats['ece_baseline'][0] else 'NOT met'}), "
+            f"paired difference {_fmt(ece_diff[0], 4)} (sd {_fmt(ece_diff[1], 4)}), "
+            f"LDSeg lower in {ece_wins} of {len(scores)} seeds")
+    return "\n".join(lines + ["", "Targets on the means:", ""] + targets) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="knee3d,knee2d,glas")
@@ -316,6 +396,8 @@ def main() -> None:
     parser.add_argument("--predict-only", action="store_true",
                         help="predict, evaluate and robustness again with the trained runs of a "
                              "finished --work folder")
+    parser.add_argument("--seeds", default="0",
+                        help="training seeds, e.g. 0,1,2: each model trained once per seed")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "work_dirs" / "accuracy")
     parser.add_argument("--output", type=Path,
@@ -327,39 +409,49 @@ def main() -> None:
         sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
     budgets = parse_budgets(args.budget_minutes, tasks)
     threads, jobs = job_layout(args.parallel, args.threads)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    works = seed_works(args.work, seeds)
+    tag = {seed: "" if len(seeds) == 1 else f"_seed{seed}" for seed in seeds}
+    logs = args.work / "logs"
+    codes: dict[str, int] = {}
     if args.autoencode_only:
-        codes = run_jobs({f"{t}_{AUTOENCODER}": ["bash", "-c", autoencode_job(args.work, t)]
-                          for t in tasks}, jobs, args.work / "logs")
-        if any(codes.values()):
-            print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
+        codes = run_jobs({f"{t}_{AUTOENCODER}{tag[s]}": ["bash", "-c", autoencode_job(w, t)]
+                          for s, w in works.items() for t in tasks}, jobs, logs)
     elif args.equal_steps_only:
-        eq = {f"{t}_{EQUAL_STEPS}": ["bash", "-c", equal_steps_job(args.work, t, threads)]
-              for t in tasks}
-        codes = run_jobs(eq, jobs, args.work / "logs")
-        if any(codes.values()):
-            print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
+        codes = run_jobs({f"{t}_{EQUAL_STEPS}{tag[s]}": ["bash", "-c",
+                                                        equal_steps_job(w, t, threads)]
+                          for s, w in works.items() for t in tasks}, jobs, logs)
     elif not args.report_only:
         if not DATA.is_dir():
             sys.exit(f"sample data not found at {DATA}")
-        for task in tasks:
-            import_dataset(args.work, TASKS[task]["dataset"], *TASKS[task]["data"])
-        train = {f"{t}_{m}": ["bash", "-c", task_job(args.work, t, m, budgets[t], threads,
-                                                    args.steps, args.samples, args.train_flags,
-                                                    train=not args.predict_only,
-                                                    samples_eta=args.samples_eta)]
-                 for t in tasks for m in MODELS}
-        codes = run_jobs(train, jobs, args.work / "logs")
-        rob = {f"{t}_robustness": ["bash", "-c", robustness_job(
-            args.work, t, args.sigmas, args.steps, args.robustness_samples)]
-            for t in tasks if not codes[f"{t}_ldseg"] and not codes[f"{t}_baseline"]}
-        if args.equal_steps:
-            rob |= {f"{t}_{EQUAL_STEPS}": ["bash", "-c", equal_steps_job(args.work, t, threads)]
-                    for t in tasks if not codes[f"{t}_ldseg"]}
-        codes |= run_jobs(rob, jobs, args.work / "logs")
-        if any(codes.values()):
-            print(f"some jobs failed ({codes}); see {args.work}/logs/*.log", file=sys.stderr)
-    text = report(args.work, tasks, threads, args.samples, args.steps, args.train_flags,
+        for work in works.values():
+            for task in tasks:
+                import_dataset(work, TASKS[task]["dataset"], *TASKS[task]["data"])
+        # Seed by seed, so that the two models of a task and seed train side by side.
+        train = {f"{t}_{m}{tag[s]}": ["bash", "-c", task_job(
+            w, t, m, budgets[t], threads, args.steps, args.samples,
+            f"{args.train_flags} --seed {s}".strip(), train=not args.predict_only,
+            samples_eta=args.samples_eta)]
+            for s, w in works.items() for t in tasks for m in MODELS}
+        codes = run_jobs(train, jobs, logs)
+        rob = {}
+        for s, w in works.items():
+            for t in tasks:
+                if not codes[f"{t}_ldseg{tag[s]}"] and not codes[f"{t}_baseline{tag[s]}"]:
+                    rob[f"{t}_robustness{tag[s]}"] = ["bash", "-c", robustness_job(
+                        w, t, args.sigmas, args.steps, args.robustness_samples)]
+                if args.equal_steps and not codes[f"{t}_ldseg{tag[s]}"]:
+                    rob[f"{t}_{EQUAL_STEPS}{tag[s]}"] = ["bash", "-c",
+                                                         equal_steps_job(w, t, threads)]
+        codes |= run_jobs(rob, jobs, logs)
+    if any(codes.values()):
+        print(f"some jobs failed ({codes}); see {logs}/*.log", file=sys.stderr)
+    text = report(works[seeds[0]], tasks, threads, args.samples, args.steps, args.train_flags,
                   args.samples_eta)
+    if len(seeds) > 1:
+        text = text.replace("\n## Accuracy\n", f"\nThe tables below are seed {seeds[0]}'s; "
+                            "the last section covers every seed.\n\n## Accuracy\n", 1)
+        text += seeds_report(works, tasks, args.samples)
     with atomic_write(args.output) as tmp:
         tmp.write_text(text)
     print(text)
