@@ -119,7 +119,7 @@ def autoencode_job(work: Path, task: str) -> str:
             f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json")
 
 
-def equal_steps_job(work: Path, task: str, threads: int) -> str:
+def equal_steps_job(work: Path, task: str, threads: int, extra_flags: str = "") -> str:
     """The baseline trained for exactly as many steps as LDSeg made within its budget (same
     warm-up and cosine decay, over steps instead of time): per step, who learns more?"""
     cli = f"{sys.executable} -m ldseg.cli"
@@ -129,9 +129,10 @@ def equal_steps_job(work: Path, task: str, threads: int) -> str:
     return " && ".join([
         f"rm -rf {run}",
         f"{cli} train {dataset} -o {run} --threads {threads} --no-progress "
-        f"{' '.join(train_flags(task))} --model baseline --epochs 1 --iters-per-epoch {steps}",
+        f"{' '.join(train_flags(task))} --model baseline --epochs 1 --iters-per-epoch {steps}"
+        + (f" {extra_flags}" if extra_flags else ""),
         f"{cli} predict -m {run} -i {dataset}/imagesTs -o {pred} --save-probabilities "
-        "--overwrite --no-progress",
+        f"--overwrite --no-progress {postprocess_flags(task)}",
         f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
     ])
 
@@ -303,6 +304,7 @@ def seed_scores(r: dict) -> dict[str, float]:
     return {"dice_s1": fg("ldseg_s1", "Dice"), "dice_s8": fg("ldseg_s8", "Dice"),
             "dice_baseline": fg("baseline", "Dice"), "ece_s8": fg("ldseg_s8", "ECE"),
             "ece_baseline": fg("baseline", "ECE"),
+            "dice_equal": fg(EQUAL_STEPS, "Dice"), "ece_equal": fg(EQUAL_STEPS, "ECE"),
             "loss_ldseg": rob.get("ldseg", {}).get("loss", math.nan),
             "loss_baseline": rob.get("baseline", {}).get("loss", math.nan)}
 
@@ -318,21 +320,23 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def seeds_report(works: dict[int, Path], tasks: list[str], ldseg_samples: int) -> str:
     """Per task, one row per seed, the mean (sd) over seeds, and the targets judged on the means
     and on the paired differences (the two models of a seed trained side by side)."""
-    cols = ("dice_s1", "dice_s8", "dice_baseline", "ece_s8", "ece_baseline", "loss_ldseg",
-            "loss_baseline")
+    header = {"dice_s1": "Dice LDSeg 1 sample", "dice_s8": f"Dice LDSeg mean of {ldseg_samples}",
+              "dice_baseline": "Dice baseline", "ece_s8": f"ECE LDSeg ({ldseg_samples})",
+              "ece_baseline": "ECE baseline", "loss_ldseg": "loss LDSeg",
+              "loss_baseline": "loss baseline", "dice_equal": "Dice baseline at LDSeg's steps",
+              "ece_equal": "ECE baseline at LDSeg's steps"}
+    scored = {t: {s: (r["steps"], seed_scores(r)) for s, w in works.items()
+                  if (r := task_results(w, t))["predictions"]} for t in tasks}
+    equal = any(math.isfinite(sc["ece_equal"]) for rows in scored.values()
+                for _, sc in rows.values())
+    cols = [c for c in header if equal or not c.endswith("_equal")]
     lines = ["", "## Over seeds", "",
              f"Each seed trains both models again (`ldseg train --seed S`, everything else equal). "
              f"Loss: foreground Dice lost at sigma {SIGMA_NOISY:g} (`ldseg robustness`).", "",
-             "| task | seed | steps LDSeg / baseline | Dice LDSeg 1 sample | Dice LDSeg mean of "
-             f"{ldseg_samples} | Dice baseline | ECE LDSeg ({ldseg_samples}) | ECE baseline | "
-             "loss LDSeg | loss baseline |", "| --- " * 10 + "|"]
+             "| task | seed | steps LDSeg / baseline | " + " | ".join(header[c] for c in cols)
+             + " |", "| --- " * (3 + len(cols)) + "|"]
     targets = []
-    for task in tasks:
-        rows = {}
-        for seed, work in works.items():
-            r = task_results(work, task)
-            if r["predictions"]:
-                rows[seed] = (r["steps"], seed_scores(r))
+    for task, rows in scored.items():
         if not rows:
             continue
         for seed, (steps, sc) in rows.items():
@@ -418,8 +422,8 @@ def main() -> None:
         codes = run_jobs({f"{t}_{AUTOENCODER}{tag[s]}": ["bash", "-c", autoencode_job(w, t)]
                           for s, w in works.items() for t in tasks}, jobs, logs)
     elif args.equal_steps_only:
-        codes = run_jobs({f"{t}_{EQUAL_STEPS}{tag[s]}": ["bash", "-c",
-                                                        equal_steps_job(w, t, threads)]
+        codes = run_jobs({f"{t}_{EQUAL_STEPS}{tag[s]}": ["bash", "-c", equal_steps_job(
+            w, t, threads, f"{args.train_flags} --seed {s}".strip())]
                           for s, w in works.items() for t in tasks}, jobs, logs)
     elif not args.report_only:
         if not DATA.is_dir():
@@ -441,8 +445,8 @@ def main() -> None:
                     rob[f"{t}_robustness{tag[s]}"] = ["bash", "-c", robustness_job(
                         w, t, args.sigmas, args.steps, args.robustness_samples)]
                 if args.equal_steps and not codes[f"{t}_ldseg{tag[s]}"]:
-                    rob[f"{t}_{EQUAL_STEPS}{tag[s]}"] = ["bash", "-c",
-                                                         equal_steps_job(w, t, threads)]
+                    rob[f"{t}_{EQUAL_STEPS}{tag[s]}"] = ["bash", "-c", equal_steps_job(
+                        w, t, threads, f"{args.train_flags} --seed {s}".strip())]
         codes |= run_jobs(rob, jobs, logs)
     if any(codes.values()):
         print(f"some jobs failed ({codes}); see {logs}/*.log", file=sys.stderr)

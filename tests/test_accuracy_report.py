@@ -33,8 +33,9 @@ def test_seeds_report_judges_the_means_and_paired_differences(tmp_path: Path) ->
     assert works == {0: tmp_path / "seed0", 1: tmp_path / "seed1"}
     assert accuracy.seed_works(tmp_path, [3]) == {3: tmp_path}
     # Seed 0: LDSeg better calibrated; seed 1: worse. Means 0.0150 vs 0.0160: met, 1 of 2.
-    _fake_seed(works[0], {"ldseg_s1": 0.90, "ldseg_s8": 0.91, "baseline": 0.92},
-               {"ldseg_s8": 0.0120, "baseline": 0.0160},
+    _fake_seed(works[0], {"ldseg_s1": 0.90, "ldseg_s8": 0.91, "baseline": 0.92,
+                          accuracy.EQUAL_STEPS: 0.88},
+               {"ldseg_s8": 0.0120, "baseline": 0.0160, accuracy.EQUAL_STEPS: 0.0250},
                {"ldseg": [0.90, 0.89], "baseline": [0.92, 0.86]})
     _fake_seed(works[1], {"ldseg_s1": 0.92, "ldseg_s8": 0.93, "baseline": 0.92},
                {"ldseg_s8": 0.0180, "baseline": 0.0160},
@@ -43,6 +44,9 @@ def test_seeds_report_judges_the_means_and_paired_differences(tmp_path: Path) ->
     rows = [line for line in text.splitlines() if line.startswith("| knee3d |")]
     assert len(rows) == 3  # two seeds and their mean
     assert "| knee3d | mean (sd) of 2 | | 0.910 (0.0141) |" in rows[2]
+    # The baseline at LDSeg's steps, where one seed has it: its columns, n/a for the other.
+    assert "| ECE baseline at LDSeg's steps |" in text
+    assert rows[0].endswith("| 0.880 | 0.0250 |") and rows[1].endswith("| n/a | n/a |")
     target = next(line for line in text.splitlines() if line.startswith("- knee3d"))
     # Dice 0.910 vs 0.920: within 0.01, met. Losses 0.010 vs 0.050: at most half, met.
     assert "Dice (1 sample) 0.910 vs baseline 0.920 (met)" in target
@@ -59,6 +63,7 @@ def test_seeds_report_skips_seeds_without_results(tmp_path: Path) -> None:
                {"ldseg_s8": 0.02, "baseline": 0.01},
                {"ldseg": [0.95, 0.949], "baseline": [0.95, 0.948]})
     text = accuracy.seeds_report(works, ["knee3d"], 8)
+    assert "LDSeg's steps" not in text
     target = next(line for line in text.splitlines() if line.startswith("- knee3d"))
     assert target.startswith("- knee3d, 1 seeds:")
     assert "both lose < 0.005" in target and "ECE 0.0200 vs 0.0100 (NOT met)" in target
