@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from ldseg.evaluation.robustness import (
     select_cases,
 )
 from ldseg.inference.predictor import Segmenter
+from ldseg.training.checkpoint import save_model
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +184,29 @@ def test_keep_largest_post_processes_the_labels_it_scores(setup, tmp_path):
     dice = result["models"]["run"]["per_class"]
     assert dice["disc"]["dice"][0] == pytest.approx(expected["1"]["Dice"], nan_ok=True)
     assert dice["square"]["dice"][0] == pytest.approx(expected["2"]["Dice"], nan_ok=True)
+
+
+def test_steps_default_to_each_runs_own(setup, tmp_path):
+    """Without `steps`, every model samples with its own run's steps, as `ldseg predict` does."""
+    ds, runs = setup
+    seg = Segmenter.load(runs[0])
+    one_step = tmp_path / "one" / "run"
+    cfg = replace(seg.config, diffusion=replace(seg.config.diffusion, sampling_steps=1))
+    save_model(seg.model, cfg, one_step / "model_best.safetensors", {})
+    assert seg.config.diffusion.sampling_steps != 1
+
+    own = run_robustness([runs[0], one_step], ds, tmp_path / "own", sigmas=[0.0],
+                         progress_bar=False)
+    assert own["steps"] is None
+    assert [m["steps"] for m in own["models"].values()] == [
+        seg.config.diffusion.sampling_steps, 1]
+    given = run_robustness([one_step], ds, tmp_path / "given", sigmas=[0.0], steps=1,
+                           progress_bar=False)
+    forced = run_robustness([one_step], ds, tmp_path / "forced", sigmas=[0.0],
+                            steps=seg.config.diffusion.sampling_steps, progress_bar=False)
+    assert own["models"]["one/run"]["dice"] == given["models"]["run"]["dice"]
+    first = own["models"]["a/run"]["dice"]
+    assert first == run_robustness([runs[0]], ds, tmp_path / "a", sigmas=[0.0],
+                                   progress_bar=False)["models"]["run"]["dice"]
+    # The weights are the same, so only the steps can tell the two curves apart.
+    assert forced["models"]["run"]["dice"] == first

@@ -118,7 +118,7 @@ def _add_robustness(sub) -> None:
     p.add_argument("--sigmas", default="0:0.2:0.02",
                    help="noise levels on the [0,1]-scaled image: start:stop:step or a,b,c")
     p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--steps", type=int, help="sampling steps (default: each run's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cases", type=_names, default=(),
                    help="comma-separated cases (default: imagesTs/labelsTs)")

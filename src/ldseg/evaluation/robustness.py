@@ -134,7 +134,7 @@ def run_robustness(
     *,
     sigmas: Sequence[float] | str = DEFAULT_SIGMAS,
     samples: int = 1,
-    steps: int = 15,
+    steps: int | None = None,
     seed: int = 0,
     cases: Sequence[str] = (),
     checkpoint: str = "best",
@@ -149,12 +149,13 @@ def run_robustness(
     Returns what robustness.json holds: the settings, `note` (where the cases come from),
     `models` (name -> run, and per sigma the mean foreground `dice` and `hd95` and per class
     means) and `rows` (one per model, sigma, case and class, as in the CSV). `keep_largest`
-    and `keep_fraction` post-process every model's labels as `ldseg predict` does.
+    and `keep_fraction` post-process every model's labels as `ldseg predict` does. `steps`
+    None samples every model with its own run's steps, as `ldseg predict` does.
     """
     sigma_list = parse_sigmas(sigmas) if isinstance(sigmas, str) else [float(s) for s in sigmas]
     if not sigma_list or not all(math.isfinite(s) and s >= 0 for s in sigma_list):
         raise LdsegError(f"invalid noise levels {sigma_list}: finite and >= 0")
-    if samples < 1 or steps < 1:
+    if samples < 1 or (steps is not None and steps < 1):
         raise LdsegError("--samples and --steps must be at least 1")
     if not runs:
         raise LdsegError("give at least one model (-m RUN)")
@@ -165,6 +166,9 @@ def run_robustness(
     names = model_names(runs)
     segmenters = [Segmenter.load(run, checkpoint, device) for run in runs]
     largest = [parse_classes(keep_largest, seg.config.class_names) for seg in segmenters]
+    # None for a baseline: it does not sample.
+    model_steps = [None if seg.config.model.architecture == "baseline"
+                   else steps or seg.config.diffusion.sampling_steps for seg in segmenters]
     for run, seg in zip(runs, segmenters, strict=True):
         if seg.config.model.num_classes != spec.num_classes:
             raise LdsegError(f"{run}: the model has {seg.config.model.num_classes} classes, "
@@ -180,8 +184,9 @@ def run_robustness(
         noise = case_noise(image, case.name, seed)
         for i, sigma in enumerate(sigma_list):
             noisy = noisy_image(unit, noise, sigma)
-            for name, seg, keep in zip(names, segmenters, largest, strict=True):
-                result = seg.segment_array(noisy, geometry, steps=steps, samples=samples,
+            for name, seg, keep, n_steps in zip(names, segmenters, largest, model_steps,
+                                                strict=True):
+                result = seg.segment_array(noisy, geometry, steps=n_steps, samples=samples,
                                            seed=seed, source=str(case.image_files[0]),
                                            keep_largest=keep, keep_fraction=keep_fraction)
                 metrics = case_metrics(result.labels, label, labels, spacing=geometry.spacing)
@@ -192,9 +197,9 @@ def run_robustness(
 
     rows = []
     models = {}
-    for name, run in zip(names, runs, strict=True):
+    for name, run, n_steps in zip(names, runs, model_steps, strict=True):
         curve = [_mean_scores(entries, labels) for entries in per_case[name]]
-        models[name] = {"run": str(run), "dice": [c["dice"] for c in curve],
+        models[name] = {"run": str(run), "steps": n_steps, "dice": [c["dice"] for c in curve],
                         "hd95": [c["hd95"] for c in curve],
                         "per_class": {spec.class_names[k]: {
                             "dice": [c["per_class"][str(k)]["dice"] for c in curve],
@@ -239,6 +244,14 @@ def _write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows([value(row[c]) for c in CSV_COLUMNS] for row in rows)
 
 
+def _steps_text(result: dict) -> str:
+    """'15 steps', or each sampling model's steps when they differ (a baseline has none)."""
+    steps = {n: m["steps"] for n, m in result["models"].items() if m.get("steps")}
+    if len(set(steps.values())) <= 1:
+        return f"{next(iter(steps.values()), result['steps'])} steps"
+    return "steps " + ", ".join(f"{n} {s}" for n, s in steps.items())
+
+
 def plot_robustness(result: dict, path: str | Path) -> None:
     """Mean foreground Dice (left) and HD95 (right) against sigma, one curve per model, in
     Okabe-Ito colours with distinct markers (readable without colour too)."""
@@ -260,7 +273,7 @@ def plot_robustness(result: dict, path: str | Path) -> None:
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
     fig.suptitle(f"{Path(result['dataset']).name}: {len(result['cases'])} case(s), "
-                 f"{result['samples']} sample(s), {result['steps']} steps", fontsize=10)
+                 f"{result['samples']} sample(s), {_steps_text(result)}", fontsize=10)
     try:
         with atomic_write(Path(path), suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight")
