@@ -87,3 +87,18 @@ def test_training_noise_and_flips_are_planned_by_dimensionality_unless_given():
     kept = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], dims=2, train=given,
                     auto_flips=False, auto_noise=False)
     assert (kept.train.noise_augment_std, kept.train.flip_axes) == (0.3, (1,))
+
+
+def test_sampling_steps_are_planned_by_dimensionality_unless_given():
+    from ldseg.config import DEFAULT_SAMPLING_STEPS, DiffusionConfig
+
+    slices = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], dims=2)
+    volume = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)])
+    assert DEFAULT_SAMPLING_STEPS == {2: 15, 3: 2}
+    assert (slices.diffusion.sampling_steps, volume.diffusion.sampling_steps) == (15, 2)
+    given = DiffusionConfig(sampling_steps=7, eta=0.5)
+    kept = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], diffusion=given)
+    assert (kept.diffusion.sampling_steps, kept.diffusion.eta) == (7, 0.5)
+    planned = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], diffusion=given,
+                       auto_steps=True)
+    assert (planned.diffusion.sampling_steps, planned.diffusion.eta) == (2, 0.5)

@@ -105,7 +105,9 @@ def _add_train(sub) -> None:
     m.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLINGS,
                    help="training timesteps: late (the default, density proportional to t) "
                         "or uniform")
-    m.add_argument("--steps", type=int, default=15, help="sampling steps for validation")
+    m.add_argument("--steps", type=int,
+                   help="sampling steps kept in the run for predict and validation "
+                        "(default: 15 for a 2D model, 2 for 3D)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -136,7 +138,8 @@ def _add_predict(sub) -> None:
     p.add_argument("-m", "--model", type=Path, required=True, help="run folder or model file")
     p.add_argument("-i", "--input", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the run's, 15)")
+    p.add_argument("--steps", type=int,
+                   help="sampling steps (default: the run's: 15 for a 2D model, 2 for 3D)")
     p.add_argument("--eta", type=float,
                    help="0 = DDIM, 1 = DDPM (default: the run's, 0, for 1 sample; 1 for several)")
     p.add_argument("--samples", type=int, default=1,
@@ -270,8 +273,9 @@ def _cmd_train(args) -> None:
         num_threads=args.threads, gradient_checkpointing=args.grad_checkpoint,
     )
     dc = DiffusionConfig(schedule=args.schedule, denoised_rule=args.denoised_rule,
-                         shared_noise=args.shared_noise, sampling_steps=args.steps,
-                         **_given(timestep_sampling=args.timestep_sampling))
+                         shared_noise=args.shared_noise,
+                         **_given(timestep_sampling=args.timestep_sampling,
+                                  sampling_steps=args.steps))
     model: ModelConfig | None = None
     overrides = {k: v for k, v in (("latent_channels", args.latent_channels), ("norm", args.norm),
                                    ("label_input", args.label_input)) if v is not None}
@@ -296,7 +300,8 @@ def _cmd_train(args) -> None:
                       grid=args.grid, max_voxels=args.max_voxels,
                       slice_axis=args.slice_axis, model=model, diffusion=dc, train=tc,
                       auto_flips=args.flip_axes is None,
-                      auto_noise=args.noise_augment is None, keep_aspect=not args.no_keep_aspect,
+                      auto_noise=args.noise_augment is None, auto_steps=args.steps is None,
+                      keep_aspect=not args.no_keep_aspect,
                       downsamplings="auto" if args.downsamplings is None else args.downsamplings)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     if rank_from_env() == 0:  # under torchrun every rank holds the same result

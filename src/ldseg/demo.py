@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldseg.config import TrainConfig
+from ldseg.config import DEFAULT_SAMPLING_STEPS, TrainConfig
 from ldseg.data.dataset import find_image_cases, load_case, load_dataset_spec
 from ldseg.data.imageio import read_image
 from ldseg.data.synthetic import best_assignment_dice, otsu_baseline, write_synthetic_dataset
@@ -64,8 +64,8 @@ def run_demo(output: Path, *, minutes: float = 10.0, seed: int = 0,
                                     val_fraction=0.1, seed=seed, warmup_steps=20,
                                     num_threads=threads))
     predictions = output / "predictions"
-    print(f"[3/4] segmenting {num_test} held-out cases (15 DDIM steps, 4 samples) -> "
-          f"{predictions}")
+    print(f"[3/4] segmenting {num_test} held-out cases ({DEFAULT_SAMPLING_STEPS[2]} steps, "
+          f"4 samples) -> {predictions}")
     predict_folder(run, dataset / "imagesTs", predictions, samples=4, seed=seed,
                    reference_dir=dataset / "labelsTs", progress_bar=progress_bar)
     print("[4/4] evaluating against the held-out labels")

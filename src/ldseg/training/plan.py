@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from ldseg.config import (
     DEFAULT_NOISE_AUGMENT_STD,
+    DEFAULT_SAMPLING_STEPS,
     DiffusionConfig,
     ModelConfig,
     PreprocessConfig,
@@ -132,6 +133,7 @@ def plan_run(
     train: TrainConfig | None = None,
     auto_flips: bool = True,
     auto_noise: bool = True,
+    auto_steps: bool | None = None,
     keep_aspect: bool = True,
     downsamplings: int | str | None = None,
 ) -> RunConfig:
@@ -140,6 +142,8 @@ def plan_run(
     `downsamplings`: a number sets the latent factor 2^n (LDSeg) or the U-Net's depth
     (baseline); "auto" lets LDSeg's planner lower it for small grids (`planned_downsamplings`),
     which is also what happens when no `model` is given; None with a model keeps it as it is.
+    `auto_steps` sets the sampling steps by dimensionality (DEFAULT_SAMPLING_STEPS); None does so
+    unless a `diffusion` config is given.
     """
     data_dims = spec.spatial_dims
     dims = dims or data_dims
@@ -177,8 +181,13 @@ def plan_run(
         train = replace(train, flip_axes=(0, 1) if dims == 2 else ())
     if auto_noise:  # the training-noise width that held up for this dimensionality
         train = replace(train, noise_augment_std=DEFAULT_NOISE_AUGMENT_STD[dims])
+    if auto_steps is None:
+        auto_steps = diffusion is None
+    diffusion = diffusion or DiffusionConfig()
+    if auto_steps:  # the sampling steps that scored best for this dimensionality
+        diffusion = replace(diffusion, sampling_steps=DEFAULT_SAMPLING_STEPS[dims])
     config = RunConfig(
-        model=model, diffusion=diffusion or DiffusionConfig(), preprocess=preprocess,
+        model=model, diffusion=diffusion, preprocess=preprocess,
         train=train, class_names=tuple(spec.class_names), channel_names=tuple(spec.channel_names),
         file_ending=spec.file_ending, dataset_name=spec.name,
     )
