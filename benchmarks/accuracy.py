@@ -78,7 +78,7 @@ def postprocess_flags(task: str) -> str:
 
 
 def task_job(work: Path, task: str, model: str, budget: float, threads: int,
-             steps: int, ldseg_samples: int, extra_flags: str = "", train: bool = True,
+             steps: int | None, ldseg_samples: int, extra_flags: str = "", train: bool = True,
              samples_eta: float = 1.0) -> str:
     """Train one model of a task (unless `train` is False: an already trained run), then
     predict and evaluate with it: one shell chain."""
@@ -98,7 +98,7 @@ def task_job(work: Path, task: str, model: str, budget: float, threads: int,
         eta = f" --eta {samples_eta:g}" if folder == "ldseg_s8" else ""
         pred = work / "pred" / task / folder
         commands += [
-            f"{cli} predict -m {run} -i {dataset}/imagesTs -o {pred} --steps {steps} "
+            f"{cli} predict -m {run} -i {dataset}/imagesTs -o {pred}{_steps_flag(steps)} "
             f"--samples {samples}{eta} --save-probabilities --save-samples --overwrite "
             f"--no-progress {postprocess_flags(task)}",
             f"{cli} evaluate {pred} {dataset}/labelsTs -d {dataset}/dataset.json",
@@ -137,11 +137,16 @@ def equal_steps_job(work: Path, task: str, threads: int, extra_flags: str = "") 
     ])
 
 
-def robustness_job(work: Path, task: str, sigmas: str, steps: int, samples: int) -> str:
+def _steps_flag(steps: int | None) -> str:
+    """` --steps N`, or nothing: then every LDSeg run samples with its own (planned) steps."""
+    return f" --steps {steps}" if steps else ""
+
+
+def robustness_job(work: Path, task: str, sigmas: str, steps: int | None, samples: int) -> str:
     dataset = work / "data" / TASKS[task]["dataset"]
     runs = " ".join(f"-m {work / 'runs' / task / m}" for m in MODELS)
     return (f"{sys.executable} -m ldseg.cli robustness {runs} -d {dataset} "
-            f"-o {work / 'robustness' / task} --sigmas {sigmas} --steps {steps} "
+            f"-o {work / 'robustness' / task} --sigmas {sigmas}{_steps_flag(steps)} "
             f"--samples {samples} --no-progress {postprocess_flags(task)}")
 
 
@@ -164,11 +169,20 @@ def _sigma_index(sigmas: list[float], sigma: float) -> int | None:
     return near[0] if near else None
 
 
+def _steps_text(steps: int | None, results: dict) -> str:
+    """'15 steps' when given, else each task's run's own ('knee3d 2, knee2d 15 steps, ...')."""
+    if steps:
+        return f"{steps} steps"
+    return "each run's own steps (" + ", ".join(
+        f"{t} {r.get('sampling_steps') or 'n/a'}" for t, r in results.items()) + ")"
+
+
 def task_results(work: Path, task: str) -> dict:
     """Everything the tables need for one task, read from the run and output folders."""
     out: dict = {"predictions": {}, "robustness": {}}
     config = _load(work / "runs" / task / "ldseg" / "config.json")
     out["grid"] = "x".join(map(str, config.get("preprocess", {}).get("grid", [])))
+    out["sampling_steps"] = config.get("diffusion", {}).get("sampling_steps")
     out["steps"] = {m: _steps(work / "runs" / task / m) for m in MODELS}
     out["budgets"] = {m: _load(work / "runs" / task / m / "config.json").get("train", {})
                       .get("budget_minutes") for m in MODELS}
@@ -189,7 +203,7 @@ def task_results(work: Path, task: str) -> dict:
     return out
 
 
-def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps: int,
+def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps: int | None,
            train_flags: str = "", samples_eta: float = 1.0) -> str:
     s8 = f"LDSeg, mean of {ldseg_samples}"
     labels = {"ldseg_s1": "LDSeg, 1 sample", "ldseg_s8": s8, "baseline": "baseline U-Net",
@@ -203,10 +217,11 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
         + ", ".join(f"{t} " + " / ".join(f"{b:g}" if b is not None else "n/a"
                                          for b in results[t]["budgets"].values()) + " min"
                     for t in tasks) + ". Train on cases 1-4, test "
-        f"case 5; LDSeg samples with {steps} steps, DDIM for 1 sample and eta {samples_eta:g} "
-        f"for the mean of {ldseg_samples} (`ldseg predict --eta`); scores by `ldseg evaluate` "
-        "in the original geometry. The baseline is MONAI's UNet (`ldseg train --model baseline`) "
-        "through the same planning, grid, preprocessing, augmentation, EMA and budget."
+        f"case 5; LDSeg samples with {_steps_text(steps, results)}, DDIM for 1 sample and "
+        f"eta {samples_eta:g} for the mean of {ldseg_samples} (`ldseg predict --eta`); scores "
+        "by `ldseg evaluate` in the original geometry. The baseline is MONAI's UNet "
+        "(`ldseg train --model baseline`) through the same planning, grid, preprocessing, "
+        "augmentation, EMA and budget."
         + (f" Both trained with `{train_flags}`." if train_flags else "")
         + "".join(f" {t}: both models' labels post-processed with `{postprocess_flags(t)}`."
                   for t in tasks if postprocess_flags(t)), "",
@@ -379,7 +394,9 @@ def main() -> None:
                         help="threads per process (default: 1 with --parallel, else all cores)")
     parser.add_argument("--sigmas", default="0:0.2:0.02",
                         help="robustness noise levels; must include 0 and 0.1")
-    parser.add_argument("--steps", type=int, default=15, help="LDSeg sampling steps")
+    parser.add_argument("--steps", type=int,
+                        help="LDSeg sampling steps (default: each run's own, as planned by "
+                             "`ldseg train`: 2 for knee3d, 15 for the 2D tasks)")
     parser.add_argument("--samples", type=int, default=8,
                         help="LDSeg samples for the uncertainty prediction")
     # DDPM (eta 1) for the uncertainty prediction: more diverse samples, calibrated better.

@@ -75,3 +75,19 @@ def test_mean_sd_ignores_missing_values() -> None:
     mean, sd = accuracy.mean_sd([0.5])
     assert mean == 0.5 and math.isnan(sd)
     assert all(math.isnan(v) for v in accuracy.mean_sd([math.nan]))
+
+
+def test_steps_are_each_runs_own_unless_given(tmp_path: Path) -> None:
+    """Without --steps the jobs pass none, so every run samples with its planned steps, and the
+    report names them per task."""
+    for job in (accuracy.task_job(tmp_path, "knee3d", "ldseg", 1.0, 1, None, 8),
+                accuracy.robustness_job(tmp_path, "knee3d", "0,0.1", None, 1)):
+        assert "--steps" not in job
+    assert "--steps 3 " in accuracy.task_job(tmp_path, "knee3d", "ldseg", 1.0, 1, 3, 8)
+    assert "--steps 3 " in accuracy.robustness_job(tmp_path, "knee3d", "0,0.1", 3, 1)
+    run = tmp_path / "runs" / "knee3d" / "ldseg"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"diffusion": {"sampling_steps": 2}}))
+    results = {"knee3d": accuracy.task_results(tmp_path, "knee3d"), "glas": {}}
+    assert accuracy._steps_text(None, results) == "each run's own steps (knee3d 2, glas n/a)"
+    assert accuracy._steps_text(15, results) == "15 steps"
