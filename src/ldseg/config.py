@@ -168,10 +168,9 @@ DEFAULT_NOISE_AUGMENT_STD: dict[int, float] = {2: 2.0, 3: 1.0}
 # against 15 scored Dice 0.913 against 0.908 (1 sample) and ECE 0.0163 against 0.0183 (mean of
 # 8; lower in every seed); 1-3 steps were all better calibrated than 5 or 15. Knee slices and
 # GlaS went the other way: 2 steps 0.938 and 0.929 against 0.945 and 0.942, ECE 0.0128 against
-# 0.0069 (benchmarks/results/knee3d_steps_2026-12-04.md). The 3D models see fewer training
-# samples (batch 2 against 8), and with late timesteps (density proportional to t) few at the
-# small t that only the later of 15 steps visit. Measured on the benchmark's test case, the one
-# there is: a choice by these results, not a validated rule for other 3D data.
+# 0.0069 (benchmarks/results/knee3d_steps_2026-12-04.md). Why 3D differs is not established.
+# Measured on the benchmark's test case, the one there is: a choice by these results, not a
+# validated rule for other 3D data.
 DEFAULT_SAMPLING_STEPS: dict[int, int] = {2: 15, 3: 2}
 
 
