@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean chromium
+.PHONY: setup demo test lint clean chromium tcmalloc
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@$(MAKE) --no-print-directory tcmalloc || echo "ldseg: tcmalloc not installed; training runs on glibc malloc (slower at large grids)"
 
-demo: $(STAMP)
+# The ldseg command runs on tcmalloc when it is installed (src/ldseg/allocator.py says why):
+# Debian's libtcmalloc-minimal4, a 300 kB library.
+tcmalloc:
+	@ldconfig -p | grep -q libtcmalloc || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$S apt-get update -q && $$S apt-get install -y -q libtcmalloc-minimal4; }
+
+demo: setup
 	$(VENV)/bin/ldseg demo -o demo_output/$$(date +%Y%m%d-%H%M%S)
 
 # The report tests open reports in Debian's headless Chromium (Playwright drives it; no
@@ -26,7 +33,7 @@ chromium:
 	@command -v chromium >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$S apt-get update -q && $$S apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium tcmalloc
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -1,8 +1,11 @@
 """Speed and memory of LDSeg inference and training on this machine.
 
-Every scenario runs in its own subprocess so that its peak RSS is its own. Times are the
-median of `--repeats` runs after one warm-up; FLOPs come from torch's flop counter and are
-compared with a convolution and a matmul ceiling measured in the same run.
+Every scenario runs in its own subprocess so that its peak RSS is its own, on the malloc the
+`ldseg` command would use (src/ldseg/allocator.py: tcmalloc for training when installed, else
+glibc's malloc with torch's huge pages; glibc's for inference). A `_glibc` or `_tcmalloc`
+suffix runs a scenario on that one instead. Times are the median of `--repeats` runs after
+one warm-up; FLOPs come from torch's flop counter and are compared with a convolution and a
+matmul ceiling measured in the same run.
 
     .venv/bin/python benchmarks/speed.py                  # all scenarios -> results/speed.md
     .venv/bin/python benchmarks/speed.py --only infer2d_512 --repeats 5
@@ -264,12 +267,47 @@ SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_512_unoptimis
                                        profile2d_512)}
 
 
+# The targets' scenarios again on the other malloc: training on glibc's (a machine without
+# tcmalloc), inference on tcmalloc (LDSEG_ALLOCATOR=tcmalloc).
+OTHER_MALLOC_ROWS = ("train2d_512_glibc", "train2d_512_checkpointing_glibc",
+                     "infer2d_512_tcmalloc", "infer3d_ref_tcmalloc")
+
+
 # ---- driver ----------------------------------------------------------------------------------
+MALLOCS = {"_glibc": "system", "_tcmalloc": "tcmalloc"}  # scenario suffix: LDSEG_ALLOCATOR
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'train2d_512_glibc' -> ('train2d_512', 'system'); no suffix: 'auto'."""
+    for suffix, choice in MALLOCS.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), choice
+    return name, "auto"
+
+
+def scenario_env(name: str) -> dict[str, str]:
+    """The environment `ldseg train` (train* scenarios) or `ldseg predict` (the rest) would run
+    in (allocator.reexec_with_fast_malloc); set here since this script imports torch first."""
+    from ldseg import allocator
+
+    base, choice = split_name(name)
+    command = "train" if base.startswith("train") else "predict"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "THP_MEM_ALLOC_ENABLE", allocator.ENV)}
+    library = allocator.choose(command, choice)
+    if library:
+        return allocator.preload_environment(env, library, pid=0)
+    if command in allocator.TRAINING_COMMANDS:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    return env
+
+
 def run_scenario(name: str, repeats: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--scenario", name, "--repeats", str(repeats),
+    base, _ = split_name(name)
+    cmd = [sys.executable, __file__, "--scenario", base, "--repeats", str(repeats),
            "--threads", str(threads)]
     print(f"[speed] {name} ...", flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=scenario_env(name))
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -300,6 +338,10 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         f"{threads} threads. Commit {commit}. Median of {repeats} runs after a warm-up; "
         "each scenario in its own process (peak RSS is the whole process, Python and torch "
         "included).", "",
+        "Malloc (src/ldseg/allocator.py): training rows "
+        f"{results.get('train2d_512', {}).get('malloc', '?')}, inference rows "
+        f"{results.get('infer2d_512', {}).get('malloc', '?')}, as `ldseg train` and `ldseg "
+        "predict` choose them; a `_glibc` or `_tcmalloc` row runs on the other one.", "",
         "Ceilings measured in the same run: matmul 2048^2 fp32 "
         f"**{fmt(ceil.get('matmul_gflops'), 0)} GFLOP/s**, "
         "channels-last 3x3 convolution 64->64 at 256^2 **"
@@ -319,8 +361,8 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
             continue
         sec = res.get("seconds_per_image", res.get("seconds_per_step"))
         unit = "s/step" if "seconds_per_step" in res else "s/image"
-        ref = REFERENCE.get(name, (None, None))
-        tgt = TARGET.get(name)
+        ref = REFERENCE.get(split_name(name)[0], (None, None))
+        tgt = TARGET.get(split_name(name)[0])
         tgt_s = f"<= {tgt[0]} s, <= {tgt[1]} GB" if tgt else "-"
         ref_s = f"{ref[0]} s" + (f", {ref[1]} GB" if ref[1] else "") if ref[0] else "-"
         speedup = f"{ref[0] / sec:.1f}x" if ref[0] else "-"
@@ -366,16 +408,21 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
-    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS))
+    parser.add_argument("--only", nargs="*",
+                        choices=sorted([*SCENARIOS, *(n + m for n in SCENARIOS for m in MALLOCS)]))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-write", action="store_true", help="print, do not write results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scenario:  # child process
-        print(json.dumps(SCENARIOS[args.scenario](args.repeats)))
+        from ldseg import allocator
+
+        print(json.dumps({**SCENARIOS[args.scenario](args.repeats),
+                          "malloc": allocator.describe()}))
         return
     names = ["ceiling", *(args.only or [n for n in SCENARIOS if n != "ceiling"])]
+    names += [] if args.only else list(OTHER_MALLOC_ROWS)
     results = {n: run_scenario(n, args.repeats, args.threads) for n in names}
     for name, res in results.items():
         print(name, json.dumps({k: v for k, v in res.items() if k != "times"}))

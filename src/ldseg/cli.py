@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("info", help="describe a trained run")
-    p.add_argument("model", type=Path)
+    p = sub.add_parser("info", help="describe this machine's runtime and a trained run")
+    p.add_argument("model", type=Path, nargs="?", help="run folder or model file")
     _add_report(sub)
     return parser
 
@@ -305,8 +305,11 @@ def _cmd_train(args) -> None:
                       downsamplings="auto" if args.downsamplings is None else args.downsamplings)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     if rank_from_env() == 0:  # under torchrun every rank holds the same result
+        from ldseg.allocator import describe
+
         print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "
               f"Dice {best}; run folder: {args.output}")
+        print(f"malloc: {describe()}")
 
 
 def _cmd_predict(args) -> None:
@@ -402,14 +405,28 @@ def _cmd_check(args) -> int:
     return 0
 
 
+def _runtime() -> dict:
+    import torch
+
+    from ldseg import __version__, allocator
+    from ldseg.inference.runtime import cpu_has_bf16
+
+    return {"ldseg": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(), "cpu_bf16": cpu_has_bf16(),
+            "malloc": allocator.describe()}
+
+
 def _cmd_info(args) -> None:
     from ldseg.config import to_dict
     from ldseg.inference.predictor import Segmenter
 
-    seg = Segmenter.load(args.model)
-    counts = seg.model.parameter_counts()
-    print(json.dumps({"architecture": seg.config.model.architecture, "parameters": counts,
-                      "total": sum(counts.values()), "config": to_dict(seg.config)}, indent=2))
+    info: dict = {"runtime": _runtime()}
+    if args.model is not None:
+        seg = Segmenter.load(args.model)
+        counts = seg.model.parameter_counts()
+        info.update({"architecture": seg.config.model.architecture, "parameters": counts,
+                     "total": sum(counts.values()), "config": to_dict(seg.config)})
+    print(json.dumps(info, indent=2))
 
 
 def _write_report(folder: Path, output: Path | None = None, **options) -> None:
@@ -440,6 +457,14 @@ def _format_warning(message, category, *args, **kwargs) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the command itself, not a call from Python: pick the malloc first
+        from ldseg.allocator import reexec_with_fast_malloc
+
+        try:
+            reexec_with_fast_malloc(args.command)
+        except LdsegError as exc:
+            print(f"ldseg: error: {exc}", file=sys.stderr)
+            return 1
     warnings.formatwarning = _format_warning
     try:
         if args.command == "train":

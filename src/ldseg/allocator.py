@@ -1,0 +1,156 @@
+"""Which malloc the tensors come from: chosen before torch is loaded, by the `ldseg` command.
+
+Why: PyTorch has no caching allocator on the CPU. glibc serves every block above 32 MB with a
+fresh mmap and unmaps it on free, so each large activation is page-faulted and zeroed by the
+kernel again, step after step. At 512x512, batch 4 (a 32-channel activation is 134 MB) that was
+most of the gap to the training target (AMD EPYC, 2 cores, reference widths with
+--grad-checkpoint: 12.4 -> 7.0 s per step on tcmalloc, peak RSS 2.5 GB on both;
+benchmarks/results/speed.md). tcmalloc keeps freed blocks for reuse, as PyTorch's CPU
+performance guide recommends; it can only replace malloc when preloaded at process start
+(LD_PRELOAD), so `ldseg train` executes itself again once with it, when it is installed
+(Debian: libtcmalloc-minimal4). Without it, training gets PyTorch's own transparent-huge-page
+option (THP_MEM_ALLOC_ENABLE, read once when torch first allocates): 512 times fewer faults,
+12.4 -> 9.6 s.
+
+Inference keeps glibc's malloc: it frees every large block as soon as it can, and a cache
+holding them raises its peak (3D 128x128x256: 1.75 GB on glibc, 2.16 GB on tcmalloc, 1.84 GB
+with huge pages), while its time moves less (15.1 -> 13.9 s).
+
+`LDSEG_ALLOCATOR`: `auto` (the default: tcmalloc for `train` and `demo` when found), `tcmalloc`
+(for every command), `system` (glibc's malloc for every command), or the path of a malloc
+library to preload. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+from pathlib import Path
+
+from ldseg.errors import LdsegError
+
+ENV = "LDSEG_ALLOCATOR"
+# Set to the PID that re-executed itself (exec keeps the PID): it never does so twice, and the
+# processes it starts (other PIDs) choose for themselves.
+_REEXEC_PID = "LDSEG_ALLOCATOR_REEXEC_PID"
+_ORIGINAL_PRELOAD = "LDSEG_ALLOCATOR_ORIGINAL_PRELOAD"
+_CANDIDATES = ("tcmalloc_minimal", "tcmalloc")
+_MALLOC_NAMES = ("tcmalloc", "jemalloc", "mimalloc")
+
+
+def find_fast_malloc() -> str | None:
+    """The soname of an installed tcmalloc (the dynamic loader finds it by name), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    for name in _CANDIDATES:
+        found = ctypes.util.find_library(name)
+        if found:
+            return found
+    return None
+
+
+def malloc_in_use(maps: Path = Path("/proc/self/maps")) -> str | None:
+    """The path of a non-glibc malloc mapped into this process, or None (glibc's)."""
+    try:
+        text = maps.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)  # address perms offset device inode [path]
+        if len(fields) == 6 and any(n in Path(fields[5]).name for n in _MALLOC_NAMES):
+            return fields[5]
+    return None
+
+
+def describe() -> str:
+    """One line for logs and `ldseg info`: which malloc serves the tensors here."""
+    path = malloc_in_use()
+    if path:
+        return f"{Path(path).name} ({path})"
+    huge = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    return "glibc malloc" + (" with transparent huge pages" if huge else "")
+
+
+TRAINING_COMMANDS = ("train", "demo")
+
+
+def choose(command: str, choice: str) -> str | None:
+    """The malloc library to preload for `command` under LDSEG_ALLOCATOR=`choice`, or None."""
+    if choice == "system" or (choice == "auto" and command not in TRAINING_COMMANDS):
+        return None
+    if choice in ("auto", "tcmalloc"):
+        library = find_fast_malloc()
+        if library is None and choice == "tcmalloc":
+            raise LdsegError(f"{ENV}=tcmalloc: no tcmalloc library found (Debian: apt-get "
+                             "install libtcmalloc-minimal4)")
+        return library
+    if not Path(choice).is_file():
+        raise LdsegError(f"{ENV}={choice}: no such library file (use auto, tcmalloc, system "
+                         "or the path of a malloc library such as libtcmalloc_minimal.so.4)")
+    return str(Path(choice).resolve())
+
+
+def use_huge_pages() -> None:
+    """Ask torch for huge pages on blocks of 2 MB and more (training on glibc's malloc).
+
+    Effective only before torch is imported: torch reads the variable once.
+    """
+    if malloc_in_use() is None and "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+def preload_environment(env: dict[str, str], library: str, pid: int) -> dict[str, str]:
+    """The environment to execute this process again with `library` as its malloc."""
+    out = dict(env)
+    original = env.get("LD_PRELOAD", "")
+    out[_ORIGINAL_PRELOAD] = original
+    out["LD_PRELOAD"] = " ".join(p for p in (library, original) if p)
+    out[_REEXEC_PID] = str(pid)
+    # tcmalloc reports every block over 1 GB on stderr; a 3D activation can be one.
+    out.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+    return out
+
+
+def restore_environment(env: dict[str, str], pid: int) -> None:
+    """After the re-execution: the processes this one starts get the user's LD_PRELOAD back."""
+    if env.get(_REEXEC_PID) != str(pid):
+        return
+    original = env.pop(_ORIGINAL_PRELOAD, "")
+    if original:
+        env["LD_PRELOAD"] = original
+    else:
+        env.pop("LD_PRELOAD", None)
+
+
+def started_as_command(argv0: str) -> bool:
+    """`ldseg ...` or `python -m ldseg.cli ...`: executing it again repeats nothing else (a
+    script that calls ldseg.cli.main() could have done other work first)."""
+    path = Path(argv0)
+    return path.name == "ldseg" or (path.name == "cli.py" and path.parent.name == "ldseg")
+
+
+def reexec_with_fast_malloc(command: str) -> None:
+    """Called first by the `ldseg` command: execute it again with tcmalloc preloaded, once.
+
+    Returns (without re-executing) where `choose` gives no library, when some malloc library
+    is already preloaded, or after the re-execution; training then gets torch's huge pages
+    where glibc's malloc stays. Same PID, arguments and interpreter options (sys.orig_argv),
+    so torchrun and signals see no difference.
+    """
+    already = os.environ.get(_REEXEC_PID) == str(os.getpid())
+    restore_environment(os.environ, os.getpid())
+    choice = os.environ.get(ENV, "auto").strip() or "auto"
+    library = choose(command, choice)
+    if (library is None or already or malloc_in_use() or "torch" in sys.modules
+            or not started_as_command(sys.argv[0])):
+        if command in TRAINING_COMMANDS and choice != "system":
+            use_huge_pages()
+        return
+    env = preload_environment(dict(os.environ), library, os.getpid())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:  # cannot execute again (unusual sandboxes): carry on as we are
+        use_huge_pages()
