@@ -3,13 +3,13 @@
 Why: PyTorch has no caching allocator on the CPU. glibc serves every block above 32 MB with a
 fresh mmap and unmaps it on free, so each large activation is page-faulted and zeroed by the
 kernel again, step after step. At 512x512, batch 4 (a 32-channel activation is 134 MB) that was
-a third of a training step (AMD EPYC, 2 cores, reference widths with --grad-checkpoint: 13.2
--> 6.6-7.5 s per step on tcmalloc, peak RSS 2.4-2.5 GB on both; benchmarks/results/speed.md). tcmalloc keeps freed blocks for reuse, as PyTorch's CPU
-performance guide recommends; it can only replace malloc when preloaded at process start
-(LD_PRELOAD), so `ldseg train` executes itself again once with it, when it is installed
-(Debian: libtcmalloc-minimal4). Without it, training gets PyTorch's own transparent-huge-page
-option (THP_MEM_ALLOC_ENABLE, read once when torch first allocates): 512 times fewer faults,
-12.4 -> 9.6 s.
+a third of a training step. tcmalloc keeps freed blocks for reuse, as PyTorch's CPU performance
+guide recommends (AMD EPYC, 2 cores, reference widths with --grad-checkpoint: 13.2 -> 6.6-7.5 s
+per step, peak RSS 2.4-2.5 GB on both; benchmarks/results/speed_log.md). It can only replace
+malloc when preloaded at process start (LD_PRELOAD), so `ldseg train` executes itself again
+once with it, when it is installed (Debian: libtcmalloc-minimal4). Without it, training gets
+PyTorch's own transparent-huge-page option (THP_MEM_ALLOC_ENABLE, read once when torch first
+allocates): 512 times fewer faults, 12.4 -> 9.6 s without checkpointing.
 
 Inference keeps glibc's malloc: it frees every large block as soon as it can, and a cache
 holding them raises its peak past the targets (3D 128x128x256: 1.79 GB on glibc, 2.16 GB on
