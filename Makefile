@@ -15,14 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
-	@$(MAKE) --no-print-directory tcmalloc || echo "ldseg: tcmalloc not installed; training runs on glibc malloc (slower at large grids)"
+setup: $(STAMP) tcmalloc
 
-# The ldseg command runs on tcmalloc when it is installed (src/ldseg/allocator.py says why):
-# Debian's libtcmalloc-minimal4, a 300 kB library.
+# `ldseg train` runs on tcmalloc when it is installed (src/ldseg/allocator.py says why):
+# Debian's libtcmalloc-minimal4, a 300 kB library. Best effort: as root or through sudo without
+# a password prompt; without it training runs on glibc's malloc, slower at large grids.
 tcmalloc:
-	@ldconfig -p | grep -q libtcmalloc || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$S apt-get update -q && $$S apt-get install -y -q libtcmalloc-minimal4; }
+	@/sbin/ldconfig -p 2>/dev/null | grep -q libtcmalloc || { S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+		$$S apt-get update -q && $$S apt-get install -y -q libtcmalloc-minimal4; } \
+		|| echo "ldseg: tcmalloc not installed; training runs on glibc's malloc"
 
 demo: setup
 	$(VENV)/bin/ldseg demo -o demo_output/$$(date +%Y%m%d-%H%M%S)
