@@ -361,8 +361,9 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
             continue
         sec = res.get("seconds_per_image", res.get("seconds_per_step"))
         unit = "s/step" if "seconds_per_step" in res else "s/image"
-        ref = REFERENCE.get(split_name(name)[0], (None, None))
-        tgt = TARGET.get(split_name(name)[0])
+        base, _ = split_name(name)
+        ref = REFERENCE.get(base, (None, None))
+        tgt = TARGET.get(base)
         tgt_s = f"<= {tgt[0]} s, <= {tgt[1]} GB" if tgt else "-"
         ref_s = f"{ref[0]} s" + (f", {ref[1]} GB" if ref[1] else "") if ref[0] else "-"
         speedup = f"{ref[0] / sec:.1f}x" if ref[0] else "-"

@@ -94,6 +94,24 @@ def test_system_choice_and_user_preload_are_kept(tcmalloc, tmp_path):
     assert "tcmalloc" in info["malloc"]
 
 
+def test_executes_itself_once_and_never_over_a_users_preload(tcmalloc, tmp_path):
+    # A stand-in named `ldseg` that counts its own starts: the real re-execution repeats it.
+    command = tmp_path / "ldseg"
+    command.write_text("import sys\n"
+                       "with open(sys.argv[1], 'a') as f:\n    f.write('start\\n')\n"
+                       "from ldseg import allocator\n"
+                       "allocator.reexec_with_fast_malloc('train')\n"
+                       "print(allocator.describe())\n")
+    starts = tmp_path / "starts"
+    out = run([sys.executable, str(command), str(starts)])
+    assert "tcmalloc" in out.stdout, out.stderr
+    assert starts.read_text().count("start") == 2  # the first start, then once on tcmalloc
+    starts.unlink()
+    out = run([sys.executable, str(command), str(starts)], LD_PRELOAD=tcmalloc)
+    assert "tcmalloc" in out.stdout, out.stderr
+    assert starts.read_text().count("start") == 1  # the user's preload is kept as it is
+
+
 def test_bad_allocator_choice_is_one_line_error(tmp_path):
     missing = tmp_path / "libnothing.so"
     out = run(CLI + ["info"], LDSEG_ALLOCATOR=str(missing))

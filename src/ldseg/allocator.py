@@ -2,10 +2,11 @@
 
 Why: PyTorch has no caching allocator on the CPU. glibc serves every block above 32 MB with a
 fresh mmap and unmaps it on free, so each large activation is page-faulted and zeroed by the
-kernel again, step after step. At 512x512, batch 4 (a 32-channel activation is 134 MB) that was
-a third of a training step. tcmalloc keeps freed blocks for reuse, as PyTorch's CPU performance
-guide recommends (AMD EPYC, 2 cores, reference widths with --grad-checkpoint: 13.2 -> 6.6-7.5 s
-per step, peak RSS 2.4-2.5 GB on both; benchmarks/results/speed_log.md). It can only replace
+kernel again, step after step. At 512x512, batch 4 (a 32-channel activation is 134 MB) the
+kernel took a third of the CPU time of training. tcmalloc keeps freed blocks for reuse, as
+PyTorch's CPU performance guide recommends (AMD EPYC, 2 cores, reference widths with
+--grad-checkpoint: 13.2 -> 6.6-7.5 s per step, peak RSS 2.4-2.5 GB on both;
+benchmarks/results/speed_log.md). It can only replace
 malloc when preloaded at process start (LD_PRELOAD), so `ldseg train` executes itself again
 once with it, when it is installed (Debian: libtcmalloc-minimal4). Without it, training gets
 PyTorch's own transparent-huge-page option (THP_MEM_ALLOC_ENABLE, read once when torch first
@@ -141,9 +142,10 @@ def reexec_with_fast_malloc(command: str) -> None:
     already = os.environ.get(_REEXEC_PID) == str(os.getpid())
     restore_environment(os.environ, os.getpid())
     choice = os.environ.get(ENV, "auto").strip() or "auto"
-    library = choose(command, choice)
-    if (library is None or already or malloc_in_use() or "torch" in sys.modules
-            or not started_as_command(sys.argv[0])):
+    library = None
+    if not already and started_as_command(sys.argv[0]) and malloc_in_use() is None:
+        library = choose(command, choice)
+    if library is None:
         if command in TRAINING_COMMANDS and choice != "system":
             use_huge_pages()
         return
