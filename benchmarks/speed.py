@@ -2,7 +2,8 @@
 
 Every scenario runs in its own subprocess so that its peak RSS is its own, on the malloc the
 `ldseg` command would use (src/ldseg/allocator.py: tcmalloc for training when installed, else
-glibc's malloc with torch's huge pages; glibc's for inference). A `_glibc` or `_tcmalloc`
+glibc's malloc with torch's huge pages; for inference tcmalloc on grids up to 512x512, glibc's
+on the 3D reference grid). A `_glibc` or `_tcmalloc`
 suffix runs a scenario on that one instead. Times are the median of `--repeats` runs after
 one warm-up; FLOPs come from torch's flop counter and are compared with a convolution and a
 matmul ceiling measured in the same run.
@@ -131,17 +132,21 @@ def _inference(spatial_dims: int, grid: tuple[int, ...], in_channels: int, num_c
     return out
 
 
+GRIDS = {"infer2d_512": (512, 512), "infer2d_256": (256, 256), "infer3d_ref": (128, 128, 256),
+         "infer3d_default": (48, 48, 64), "profile2d_512": (512, 512)}
+
+
 def infer2d_512(repeats: int, compile: bool = False) -> dict:
-    return _inference(2, (512, 512), 3, 2, 4, 1, repeats, compile=compile)
+    return _inference(2, GRIDS["infer2d_512"], 3, 2, 4, 1, repeats, compile=compile)
 
 
 def infer2d_512_bf16(repeats: int) -> dict:
     """`--bf16`: an option (labels may differ from fp32 near ties), fast on CPUs with bf16."""
-    return _inference(2, (512, 512), 3, 2, 4, 1, repeats, bf16=True)
+    return _inference(2, GRIDS["infer2d_512"], 3, 2, 4, 1, repeats, bf16=True)
 
 
 def infer2d_512_unoptimised(repeats: int) -> dict:
-    return _inference(2, (512, 512), 3, 2, 4, 1, repeats, optimised=False)
+    return _inference(2, GRIDS["infer2d_512"], 3, 2, 4, 1, repeats, optimised=False)
 
 
 def infer2d_512_compiled(repeats: int) -> dict:
@@ -149,26 +154,27 @@ def infer2d_512_compiled(repeats: int) -> dict:
 
 
 def infer2d_256(repeats: int) -> dict:
-    return _inference(2, (256, 256), 1, 2, 4, 1, repeats)
+    return _inference(2, GRIDS["infer2d_256"], 1, 2, 4, 1, repeats)
 
 
 def infer2d_256_s8(repeats: int) -> dict:
-    return _inference(2, (256, 256), 1, 2, 4, 8, repeats)
+    return _inference(2, GRIDS["infer2d_256"], 1, 2, 4, 8, repeats)
 
 
 def infer3d_ref(repeats: int) -> dict:
     """The 3D model at the reference (2D) widths, on the reference's 128x128x256 grid."""
-    return _inference(3, (128, 128, 256), 1, 2, 1, 1, repeats)
+    return _inference(3, GRIDS["infer3d_ref"], 1, 2, 1, 1, repeats)
 
 
 def infer3d_ref_bf16(repeats: int) -> dict:
-    return _inference(3, (128, 128, 256), 1, 2, 1, 1, repeats, bf16=True)
+    return _inference(3, GRIDS["infer3d_ref"], 1, 2, 1, 1, repeats, bf16=True)
 
 
 def infer3d_default(repeats: int) -> dict:
     from ldseg.training.plan import default_model
 
-    return _inference(3, (48, 48, 64), 1, 3, 1, 1, repeats, model_cfg=default_model(3, 1, 3))
+    return _inference(3, GRIDS["infer3d_default"], 1, 3, 1, 1, repeats,
+                      model_cfg=default_model(3, 1, 3))
 
 
 def train2d_512(repeats: int, checkpointing: bool = False, size: str = "reference") -> dict:
@@ -218,7 +224,7 @@ def profile2d_512(repeats: int) -> dict:  # noqa: ARG001 (one profiled run is en
 
     model = LDSeg(ModelConfig(spatial_dims=2, in_channels=3, num_classes=2)).eval()
     memory_format = prepare_for_inference(model)
-    schedule, images = NoiseSchedule("cosine", 1000), torch.randn(4, 3, 512, 512)
+    schedule, images = NoiseSchedule("cosine", 1000), torch.randn(4, 3, *GRIDS["profile2d_512"])
 
     def run():
         with torch.inference_mode():
@@ -268,9 +274,10 @@ SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_512_unoptimis
 
 
 # The targets' scenarios again on the other malloc: training on glibc's (a machine without
-# tcmalloc), inference on tcmalloc (LDSEG_ALLOCATOR=tcmalloc).
+# tcmalloc), 2D inference on glibc's (LDSEG_ALLOCATOR=system), 3D on tcmalloc
+# (LDSEG_ALLOCATOR=tcmalloc).
 OTHER_MALLOC_ROWS = ("train2d_512_glibc", "train2d_512_checkpointing_glibc",
-                     "infer2d_512_tcmalloc", "infer3d_ref_tcmalloc")
+                     "infer2d_512_glibc", "infer3d_ref_tcmalloc")
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -285,16 +292,32 @@ def split_name(name: str) -> tuple[str, str]:
     return name, "auto"
 
 
+def inference_model(base: str):
+    """The model config and grid of an inference scenario."""
+    from ldseg.config import ModelConfig
+    from ldseg.training.plan import default_model
+
+    key = next(k for k in GRIDS if base.startswith(k))
+    grid = GRIDS[key]
+    model = (default_model(3, 1, 3) if key == "infer3d_default"
+             else ModelConfig(spatial_dims=len(grid)))
+    return model, grid
+
+
 def scenario_env(name: str) -> dict[str, str]:
-    """The environment `ldseg train` (train* scenarios) or `ldseg predict` (the rest) would run
-    in (allocator.reexec_with_fast_malloc); set here since this script imports torch first."""
+    """The environment `ldseg train` (train* scenarios) or `ldseg predict` (the rest, on its
+    model's grid) would run in (allocator.reexec_with_fast_malloc); set here since this script
+    imports torch first."""
     from ldseg import allocator
 
     base, choice = split_name(name)
     command = "train" if base.startswith("train") else "predict"
     env = {k: v for k, v in os.environ.items()
            if k not in ("LD_PRELOAD", "THP_MEM_ALLOC_ENABLE", allocator.ENV)}
-    library = allocator.choose(command, choice)
+    block = None
+    if command == "predict" and base != "ceiling":
+        block = allocator.activation_bytes(*inference_model(base))
+    library = allocator.choose(command, choice, block)
     if library:
         return allocator.preload_environment(env, library, pid=0)
     if command in allocator.TRAINING_COMMANDS:
@@ -339,8 +362,9 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         "each scenario in its own process (peak RSS is the whole process, Python and torch "
         "included).", "",
         "Malloc (src/ldseg/allocator.py): training rows "
-        f"{results.get('train2d_512', {}).get('malloc', '?')}, inference rows "
-        f"{results.get('infer2d_512', {}).get('malloc', '?')}, as `ldseg train` and `ldseg "
+        f"{results.get('train2d_512', {}).get('malloc', '?')}, 2D inference rows "
+        f"{results.get('infer2d_512', {}).get('malloc', '?')}, 3D reference-grid rows "
+        f"{results.get('infer3d_ref', {}).get('malloc', '?')}, as `ldseg train` and `ldseg "
         "predict` choose them; a `_glibc` or `_tcmalloc` row runs on the other one.", "",
         "Ceilings measured in the same run: matmul 2048^2 fp32 "
         f"**{fmt(ceil.get('matmul_gflops'), 0)} GFLOP/s**, "

@@ -1,6 +1,6 @@
 """`ldseg train` runs on tcmalloc when it is installed (else glibc's malloc with huge pages),
-inference on glibc's; the numbers are the same on each, and children get the user's
-environment back."""
+inference on tcmalloc for models whose activations are small and on glibc's for large ones;
+the numbers are the same on each, and children get the user's environment back."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import easy_dataset
 
 from ldseg import allocator
@@ -66,15 +67,22 @@ def runtime(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout)["runtime"]
 
 
-def test_training_runs_on_tcmalloc_and_inference_on_glibc(tcmalloc, tmp_path):
+def test_training_and_small_grid_inference_run_on_tcmalloc(tcmalloc, tmp_path):
     data = easy_dataset(tmp_path / "ds", n=4, size=32)
     out = run(CLI + ["train", str(data), "-o", str(tmp_path / "run"), "--grid", "32,32",
                      "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
                      "--val-fraction", "0", "--no-progress"])
     assert out.returncode == 0, out.stderr
     assert "malloc: libtcmalloc" in out.stdout, out.stdout
+    predict = CLI + ["predict", "-m", str(tmp_path / "run"), "-i", str(data / "imagesTr"),
+                     "--steps", "2", "--no-pictures", "--no-progress"]
+    out = run([*predict, "-o", str(tmp_path / "pred")])
+    assert out.returncode == 0, out.stderr
+    assert "malloc: libtcmalloc" in out.stdout, out.stdout  # a 32x32 grid: small blocks
+    out = run([*predict, "-o", str(tmp_path / "pred_glibc")], LDSEG_ALLOCATOR="system")
+    assert "malloc: glibc malloc\n" in out.stdout, out.stderr
     info = runtime(run(CLI + ["info", str(tmp_path / "run")]))
-    assert info["malloc"] == "glibc malloc"
+    assert info["malloc"] == "glibc malloc"  # not a training or inference command
     assert "tcmalloc" in runtime(run(CLI + ["info"], LDSEG_ALLOCATOR="tcmalloc"))["malloc"]
     # A script that calls into ldseg is not executed again (it could have done work already).
     out = run([sys.executable, "-c", "from ldseg import allocator\n"
@@ -123,10 +131,46 @@ def test_bad_allocator_choice_is_one_line_error(tmp_path):
 def test_choice_per_command(tcmalloc):
     assert allocator.choose("train", "auto") == tcmalloc
     assert allocator.choose("demo", "auto") == tcmalloc
-    assert allocator.choose("predict", "auto") is None
-    assert allocator.choose("robustness", "auto") is None
-    assert allocator.choose("predict", "tcmalloc") == tcmalloc
+    assert allocator.choose("predict", "auto") is None  # no readable model: glibc's
+    assert allocator.choose("robustness", "auto", 32 * 2**20) == tcmalloc
+    assert allocator.choose("predict", "auto", allocator.INFERENCE_BLOCK_LIMIT) == tcmalloc
+    assert allocator.choose("predict", "auto", allocator.INFERENCE_BLOCK_LIMIT + 1) is None
+    assert allocator.choose("evaluate", "auto", 1024) is None
+    assert allocator.choose("predict", "tcmalloc", 2**40) == tcmalloc
     assert allocator.choose("train", "system") is None
+
+
+def test_inference_block_from_the_runs_config_and_model_file(tmp_path):
+    from ldseg.config import ModelConfig, RunConfig, save_run_config
+    from ldseg.training.checkpoint import save_model
+
+    # The reference widths: 32 channels at full resolution.
+    assert allocator.activation_bytes(ModelConfig(), (512, 512)) == 512 * 512 * 32 * 4
+    assert allocator.activation_bytes(ModelConfig(spatial_dims=3), (128, 128, 256)) == 2**29
+    baseline = ModelConfig(architecture="baseline", baseline_widths=(8, 16))
+    assert allocator.activation_bytes(baseline, (10, 10)) == 10 * 10 * 8 * 4
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    for run_dir, grid in ((small, (256, 256)), (large, (128, 128, 256))):
+        run_dir.mkdir()
+        config = RunConfig()
+        config.model.spatial_dims = config.preprocess.spatial_dims = len(grid)
+        config.preprocess.grid = grid
+        save_run_config(config, run_dir / "config.json")
+        save_model(torch.nn.Linear(1, 1), config, run_dir / "model_best.safetensors", {})
+    assert allocator.inference_block_bytes([small]) == 256 * 256 * 32 * 4
+    # A model file is read from its safetensors header, without torch.
+    assert allocator.inference_block_bytes([small / "model_best.safetensors"]) == 2**23
+    assert allocator.inference_block_bytes([small, large]) == 2**29  # robustness: the largest
+    assert allocator.fast_malloc_pays("predict", allocator.inference_block_bytes([small]))
+    assert not allocator.fast_malloc_pays("predict", allocator.inference_block_bytes([large]))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    assert allocator.inference_block_bytes([tmp_path / "junk.safetensors"]) is None
+    assert allocator.inference_block_bytes([tmp_path / "missing"]) is None
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    save_run_config(RunConfig(), untrained / "config.json")  # no grid planned yet
+    assert allocator.inference_block_bytes([untrained]) is None
 
 
 def test_same_numbers_on_every_allocator(tcmalloc):

@@ -12,23 +12,32 @@ once with it, when it is installed (Debian: libtcmalloc-minimal4). Without it, t
 PyTorch's own transparent-huge-page option (THP_MEM_ALLOC_ENABLE, read once when torch first
 allocates): 512 times fewer faults, 12.4 -> 9.6 s without checkpointing.
 
-Inference keeps glibc's malloc: it frees every large block as soon as it can, and a cache
-holding them raises its peak past the targets (3D 128x128x256: 1.79 GB on glibc, 2.16 GB on
-tcmalloc, 1.84 GB with huge pages; 2D 512x512: 0.58 -> 0.61 GB) for its speed (15.4 -> 11.7 s,
-0.65 -> 0.41 s per image).
+Inference (`predict`, `robustness`) runs on tcmalloc too when every model's largest
+full-resolution activation is at most INFERENCE_BLOCK_LIMIT (2D grids up to 512x512 at the
+reference widths): its cache then holds a few tens of MB more at the peak (2D 512x512 0.50 ->
+0.56 GB) for 0.56-0.60 -> 0.41-0.42 s per image, and 0.157 -> 0.115 s at 256x256. Above it
+(3D 128x128x256: 512 MB activations) glibc's malloc stays: the code frees every large block
+as soon as it can, and tcmalloc's cache of them raised the peak past the 2 GB target (1.79 ->
+2.16 GB) for its speed (15.4 -> 11.7 s).
 
-`LDSEG_ALLOCATOR`: `auto` (the default: tcmalloc for `train` and `demo` when found), `tcmalloc`
-(for every command), `system` (glibc's malloc for every command), or the path of a malloc
-library to preload. Nothing here imports torch.
+`LDSEG_ALLOCATOR`: `auto` (the default: tcmalloc when found, for `train` and `demo`, and for
+`predict` and `robustness` under the limit above), `tcmalloc` (for every command), `system`
+(glibc's malloc for every command), or the path of a malloc library to preload. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import json
+import math
 import os
+import struct
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from ldseg.config import ModelConfig, RunConfig, from_dict
 from ldseg.errors import LdsegError
 
 ENV = "LDSEG_ALLOCATOR"
@@ -74,11 +83,60 @@ def describe() -> str:
 
 
 TRAINING_COMMANDS = ("train", "demo")
+INFERENCE_COMMANDS = ("predict", "robustness")
+# glibc maps every block above 32 MB afresh; tcmalloc's cache of freed blocks costs at the peak
+# about as much as a few of the largest ones, which matters once they reach hundreds of MB.
+INFERENCE_BLOCK_LIMIT = 64 * 2**20
 
 
-def choose(command: str, choice: str) -> str | None:
-    """The malloc library to preload for `command` under LDSEG_ALLOCATOR=`choice`, or None."""
-    if choice == "system" or (choice == "auto" and command not in TRAINING_COMMANDS):
+def activation_bytes(model: ModelConfig, grid: Sequence[int]) -> int:
+    """The largest full-resolution activation of one image, in fp32 bytes: the stem, the image
+    encoder's first block and the label decoder's last run on the whole grid (the sampler
+    batches images only up to 512x512 voxels, so smaller grids give no larger blocks)."""
+    if model.architecture == "baseline":
+        channels = model.baseline_widths[0]
+    else:
+        channels = max(model.image_encoder_stem, model.image_encoder_widths[0],
+                       model.label_decoder_widths[-1])
+    return math.prod(grid) * channels * 4
+
+
+def read_run_config(run: Path) -> RunConfig | None:
+    """A run folder's config.json, or the config in a model file's safetensors header (read
+    without torch: an 8-byte length, then JSON). None where neither can be read: the command
+    itself then reports what is wrong."""
+    try:
+        if run.is_dir():
+            data = json.loads((run / "config.json").read_text())
+        else:
+            with open(run, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                if size > 100 * 2**20:
+                    return None
+                header = json.loads(f.read(size))
+            data = json.loads(header["__metadata__"]["ldseg_config"])
+        return from_dict(RunConfig, data, where=str(run))
+    except (OSError, ValueError, KeyError, TypeError, struct.error, LdsegError):
+        return None
+
+
+def inference_block_bytes(runs: Sequence[Path]) -> int | None:
+    """The largest activation of any of `runs` (see `activation_bytes`), None if one is
+    unreadable or has no grid."""
+    sizes = []
+    for run in runs:
+        config = read_run_config(Path(run))
+        if config is None or not config.preprocess.grid:
+            return None
+        sizes.append(activation_bytes(config.model, config.preprocess.grid))
+    return max(sizes, default=None)
+
+
+def choose(command: str, choice: str, block_bytes: int | None = None) -> str | None:
+    """The malloc library to preload for `command` under LDSEG_ALLOCATOR=`choice`, or None.
+
+    block_bytes: for an inference command, the largest activation of its models."""
+    if choice == "system" or (choice == "auto" and not fast_malloc_pays(command, block_bytes)):
         return None
     if choice in ("auto", "tcmalloc"):
         library = find_fast_malloc()
@@ -90,6 +148,14 @@ def choose(command: str, choice: str) -> str | None:
         raise LdsegError(f"{ENV}={choice}: no such library file (use auto, tcmalloc, system "
                          "or the path of a malloc library such as libtcmalloc_minimal.so.4)")
     return str(Path(choice).resolve())
+
+
+def fast_malloc_pays(command: str, block_bytes: int | None = None) -> bool:
+    """Whether `auto` gives `command` tcmalloc: training always, inference on small blocks."""
+    if command in TRAINING_COMMANDS:
+        return True
+    return (command in INFERENCE_COMMANDS and block_bytes is not None
+            and block_bytes <= INFERENCE_BLOCK_LIMIT)
 
 
 def use_huge_pages() -> None:
@@ -131,8 +197,10 @@ def started_as_command(argv0: str) -> bool:
     return path.name == "ldseg" or (path.name == "cli.py" and path.parent.name == "ldseg")
 
 
-def reexec_with_fast_malloc(command: str) -> None:
+def reexec_with_fast_malloc(command: str, runs: Sequence[Path] = ()) -> None:
     """Called first by the `ldseg` command: execute it again with tcmalloc preloaded, once.
+
+    runs: the models an inference command will load (their grids decide, see `choose`).
 
     Returns (without re-executing) where `choose` gives no library, when some malloc library
     is already preloaded, or after the re-execution; training then gets torch's huge pages
@@ -144,7 +212,8 @@ def reexec_with_fast_malloc(command: str) -> None:
     choice = os.environ.get(ENV, "auto").strip() or "auto"
     library = None
     if not already and started_as_command(sys.argv[0]) and malloc_in_use() is None:
-        library = choose(command, choice)
+        blocks = inference_block_bytes(runs) if command in INFERENCE_COMMANDS else None
+        library = choose(command, choice, blocks)
     if library is None:
         if command in TRAINING_COMMANDS and choice != "system":
             use_huge_pages()

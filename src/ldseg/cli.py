@@ -331,6 +331,10 @@ def _cmd_predict(args) -> None:
         )
     who = f"rank {dist.rank}: " if dist.enabled else ""  # each rank wrote its share
     print(f"{who}wrote {len(written)} segmentation(s) to {args.output}")
+    if dist.is_main:
+        from ldseg.allocator import describe
+
+        print(f"malloc: {describe()}")
     if not dist.is_main:
         return
     if args.model.is_dir():
@@ -461,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         from ldseg.allocator import reexec_with_fast_malloc
 
         try:
-            reexec_with_fast_malloc(args.command)
+            runs = getattr(args, "models", None) or [getattr(args, "model", None)]
+            reexec_with_fast_malloc(args.command, [r for r in runs if isinstance(r, Path)])
         except LdsegError as exc:
             print(f"ldseg: error: {exc}", file=sys.stderr)
             return 1
