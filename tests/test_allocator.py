@@ -81,6 +81,11 @@ def test_training_and_small_grid_inference_run_on_tcmalloc(tcmalloc, tmp_path):
     assert "malloc: libtcmalloc" in out.stdout, out.stdout  # a 32x32 grid: small blocks
     out = run([*predict, "-o", str(tmp_path / "pred_glibc")], LDSEG_ALLOCATOR="system")
     assert "malloc: glibc malloc\n" in out.stdout, out.stderr
+    out = run(CLI + ["robustness", "-m", str(tmp_path / "run"), "-d", str(data), "--sigmas", "0",
+                     "--steps", "1", "--cases", "c00", "-o", str(tmp_path / "rob"),
+                     "--no-progress"])
+    assert out.returncode == 0, out.stderr
+    assert "malloc: libtcmalloc" in out.stdout, out.stdout  # -m given once: a list of runs
     info = runtime(run(CLI + ["info", str(tmp_path / "run")]))
     assert info["malloc"] == "glibc malloc"  # not a training or inference command
     assert "tcmalloc" in runtime(run(CLI + ["info"], LDSEG_ALLOCATOR="tcmalloc"))["malloc"]

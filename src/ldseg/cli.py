@@ -376,6 +376,9 @@ def _cmd_robustness(args) -> None:
     print(result["note"])
     print(format_robustness(result))
     print(f"wrote robustness.json, robustness.csv and robustness.png to {args.output}")
+    from ldseg.allocator import describe
+
+    print(f"malloc: {describe()}")
 
 
 def _cmd_import(args) -> None:
