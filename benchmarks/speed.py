@@ -80,17 +80,20 @@ def ceiling(repeats: int) -> dict:
     from ldseg.inference.runtime import cpu_has_bf16
 
     a = torch.randn(2048, 2048)
-    mm = statistics.median(timed(lambda: a @ a, repeats + 2))
+    mm = statistics.median(timed(lambda: a @ a, repeats + 6))
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
-    x = torch.randn(4, 64, 256, 256).contiguous(memory_format=torch.channels_last)
+    # One image, as the full-resolution networks run: its 16 MB output comes from glibc's heap.
+    # A batch of 4 (a 64 MB output, mapped afresh by glibc every call) measured the kernel's
+    # page faults too: 174 against 222 GFLOP/s on tcmalloc, below the network's own convs.
+    x = torch.randn(1, 64, 256, 256).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        tc = statistics.median(timed(lambda: conv(x), repeats + 2))
-    conv_flops = 2 * 4 * 256 * 256 * 9 * 64 * 64
+        tc = statistics.median(timed(lambda: conv(x), repeats + 6))
+    conv_flops = 2 * 256 * 256 * 9 * 64 * 64
     out = {"matmul_gflops": 2 * 2048**3 / mm / 1e9, "conv_gflops": conv_flops / tc / 1e9}
     if cpu_has_bf16():  # the ceiling of the --bf16 scenarios
         conv, x = conv.to(torch.bfloat16), x.to(torch.bfloat16)
         with torch.inference_mode():
-            tc = statistics.median(timed(lambda: conv(x), repeats + 2))
+            tc = statistics.median(timed(lambda: conv(x), repeats + 6))
         out["conv_bf16_gflops"] = conv_flops / tc / 1e9
     return out
 
@@ -368,7 +371,7 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
         "predict` choose them; a `_glibc` or `_tcmalloc` row runs on the other one.", "",
         "Ceilings measured in the same run: matmul 2048^2 fp32 "
         f"**{fmt(ceil.get('matmul_gflops'), 0)} GFLOP/s**, "
-        "channels-last 3x3 convolution 64->64 at 256^2 **"
+        "channels-last 3x3 convolution 64->64, one 256^2 image **"
         f"{fmt(ceil.get('conv_gflops'), 0)} GFLOP/s**"
         + (f", the same convolution in bf16 **{fmt(ceil['conv_bf16_gflops'], 0)} GFLOP/s** "
            "(the ceiling of the `_bf16` rows)" if "conv_bf16_gflops" in ceil else "")
@@ -418,9 +421,13 @@ def write_report(results: dict, threads: int, repeats: int) -> None:
                       f"{prof['conv_gflops']:.0f} GFLOP/s "
                       f"({100 * prof['conv_gflops'] / ceil['conv_gflops']:.0f}% of the ceiling, "
                       "which is a 64->64 channel conv: the network's 3->16, 8- and 16-channel "
-                      "convs reach less). The rest of the time goes to GroupNorm, attention and "
-                      "copies, memory-bound work with few FLOPs, which pulls the whole-model "
-                      "figure below the conv rate."]
+                      "convs reach less). The rest of the time goes to attention (the image "
+                      "encoder's 4096 tokens in 16-channel heads run at about 100 GFLOP/s), "
+                      "GroupNorm and copies, memory-bound work with few FLOPs, and to the "
+                      "denoiser: 15 steps of small operations on the 32x32 latent, a quarter of "
+                      "the time (about 20 ms a step for the batch of 4, mostly per-operation "
+                      "overhead; torch.compile of the denoiser alone: 15 ms, after 48 s of "
+                      "compiling). These pull the whole-model figure below the conv rate."]
     lines += ["", "Raw numbers:", "", "```json", json.dumps(results, indent=1), "```", ""]
     log = RESULTS.with_name("speed_log.md")
     if log.is_file():
