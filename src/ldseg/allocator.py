@@ -15,10 +15,10 @@ allocates): 512 times fewer faults, 12.4 -> 9.6 s without checkpointing.
 Inference (`predict`, `robustness`) runs on tcmalloc too when every model's largest
 full-resolution activation is at most INFERENCE_BLOCK_LIMIT (2D grids up to 512x512 at the
 reference widths): its cache then holds a few tens of MB more at the peak (2D 512x512 0.50 ->
-0.56 GB) for 0.56-0.60 -> 0.41-0.42 s per image, and 0.157 -> 0.115 s at 256x256. Above it
-(3D 128x128x256: 512 MB activations) glibc's malloc stays: the code frees every large block
-as soon as it can, and tcmalloc's cache of them raised the peak past the 2 GB target (1.79 ->
-2.16 GB) for its speed (15.4 -> 11.7 s).
+0.53 GB) for 0.63 -> 0.43-0.47 s per image, and 0.17 -> 0.12 s at 256x256 (interleaved runs,
+speed_log.md). Above it (3D 128x128x256: 512 MB activations) glibc's malloc stays: the code
+frees every large block as soon as it can, and tcmalloc's cache of them raised the peak past
+the 2 GB target (1.72 -> 2.08 GB) for its speed (14.0 -> 11.5 s).
 
 `LDSEG_ALLOCATOR`: `auto` (the default: tcmalloc when found, for `train` and `demo`, and for
 `predict` and `robustness` under the limit above), `tcmalloc` (for every command), `system`
