@@ -175,10 +175,8 @@ def infer3d_ref_bf16(repeats: int) -> dict:
 
 
 def infer3d_default(repeats: int) -> dict:
-    from ldseg.training.plan import default_model
-
-    return _inference(3, GRIDS["infer3d_default"], 1, 3, 1, 1, repeats,
-                      model_cfg=default_model(3, 1, 3))
+    model, grid = inference_model("infer3d_default")
+    return _inference(3, grid, 1, 3, 1, 1, repeats, model_cfg=model)
 
 
 def train2d_512(repeats: int, checkpointing: bool = False, size: str = "reference") -> dict:

@@ -32,12 +32,11 @@ import ctypes.util
 import json
 import math
 import os
-import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ldseg.config import ModelConfig, RunConfig, from_dict
+from ldseg.config import ModelConfig, RunConfig, from_dict, load_run_config
 from ldseg.errors import LdsegError
 
 ENV = "LDSEG_ALLOCATOR"
@@ -102,21 +101,20 @@ def activation_bytes(model: ModelConfig, grid: Sequence[int]) -> int:
 
 
 def read_run_config(run: Path) -> RunConfig | None:
-    """A run folder's config.json, or the config in a model file's safetensors header (read
-    without torch: an 8-byte length, then JSON). None where neither can be read: the command
-    itself then reports what is wrong."""
+    """A run folder's config.json, or the config in a model file's safetensors metadata (the
+    header only, through numpy: torch is not loaded yet). None where neither can be read: the
+    command itself then reports what is wrong."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         if run.is_dir():
-            data = json.loads((run / "config.json").read_text())
-        else:
-            with open(run, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                if size > 100 * 2**20:
-                    return None
-                header = json.loads(f.read(size))
-            data = json.loads(header["__metadata__"]["ldseg_config"])
-        return from_dict(RunConfig, data, where=str(run))
-    except (OSError, ValueError, KeyError, TypeError, struct.error, LdsegError):
+            return load_run_config(run / "config.json")
+        with safe_open(str(run), framework="numpy") as f:
+            data = json.loads((f.metadata() or {})["ldseg_config"])
+        config = from_dict(RunConfig, data, where=str(run))
+        config.validate()
+        return config
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, LdsegError):
         return None
 
 

@@ -305,11 +305,16 @@ def _cmd_train(args) -> None:
                       downsamplings="auto" if args.downsamplings is None else args.downsamplings)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
     if rank_from_env() == 0:  # under torchrun every rank holds the same result
-        from ldseg.allocator import describe
-
         print(f"trained {state.step} steps in {state.elapsed / 60:.1f} min; best validation "
               f"Dice {best}; run folder: {args.output}")
-        print(f"malloc: {describe()}")
+        _print_malloc()
+
+
+def _print_malloc() -> None:
+    """The malloc this command ran on (src/ldseg/allocator.py chose it)."""
+    from ldseg.allocator import describe
+
+    print(f"malloc: {describe()}")
 
 
 def _cmd_predict(args) -> None:
@@ -331,12 +336,9 @@ def _cmd_predict(args) -> None:
         )
     who = f"rank {dist.rank}: " if dist.enabled else ""  # each rank wrote its share
     print(f"{who}wrote {len(written)} segmentation(s) to {args.output}")
-    if dist.is_main:
-        from ldseg.allocator import describe
-
-        print(f"malloc: {describe()}")
     if not dist.is_main:
         return
+    _print_malloc()
     if args.model.is_dir():
         copy_run_config(args.model, args.output)
     if args.report:
@@ -376,9 +378,7 @@ def _cmd_robustness(args) -> None:
     print(result["note"])
     print(format_robustness(result))
     print(f"wrote robustness.json, robustness.csv and robustness.png to {args.output}")
-    from ldseg.allocator import describe
-
-    print(f"malloc: {describe()}")
+    _print_malloc()
 
 
 def _cmd_import(args) -> None:
