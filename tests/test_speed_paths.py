@@ -201,6 +201,57 @@ def test_low_memory_decoder_gives_the_same_segmentation(dims, grid):
     assert (probs - reference[0]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_slabbed_stem_and_upsampling_are_the_same_function(dims, monkeypatch):
+    """At inference the large stem and upsampling convs run slab by slab along the last axis,
+    each slab with its one-voxel halo: the same function as one call (float64, odd sizes, a
+    last slab shorter than the others), written in the layout asked for."""
+    from ldseg.model import networks
+
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(5, 7, 3, padding=1).double()
+    conv = conv.to(memory_format=layout)
+    x = torch.randn(2, 5, *(6, 9, 11)[-dims:], dtype=torch.float64)
+    x = x.contiguous(memory_format=layout)
+    with torch.inference_mode():
+        up_reference = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+        stem_reference = conv(x)
+        per_index = up_reference.numel() // x.shape[-1]
+        monkeypatch.setattr(networks, "SLAB_ELEMENTS", 1)
+        monkeypatch.setattr(networks, "SLAB_OUTPUT", 3 * per_index)  # slabs of 3 of 11
+        calls = []
+        real = torch.nn.functional.conv_transpose2d if dims == 2 else (
+            torch.nn.functional.conv_transpose3d)
+        monkeypatch.setattr(torch.nn.functional, real.__name__,
+                            lambda *a, **k: calls.append(a[0].shape[-1]) or real(*a, **k))
+        up = networks.upsample_conv(x, conv)
+        stem = networks.conv_in_slabs(x, conv, layout)
+    assert calls == [5, 5, 5, 4]  # 3 + a halo voxel each side (zeros past the ends)
+    torch.testing.assert_close(up, up_reference, atol=1e-12, rtol=0)
+    torch.testing.assert_close(stem, stem_reference, atol=1e-12, rtol=0)
+    assert up.is_contiguous(memory_format=layout) and stem.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("dims,grid,channels", [(2, (32, 48), 2), (3, (16, 16, 24), 1)])
+def test_slabbed_networks_give_the_same_segmentation(dims, grid, channels, monkeypatch):
+    from ldseg.model import networks
+
+    model = decisive_model(tiny(dims, in_channels=channels))
+    memory_format = prepare_for_inference(model)
+    images = torch.randn(2, channels, *grid, generator=torch.Generator().manual_seed(1))
+    reference = segment(model, images, memory_format)
+    monkeypatch.setattr(networks, "SLAB_ELEMENTS", 1)
+    monkeypatch.setattr(networks, "SLAB_OUTPUT", 2**10)  # every stem and upsampling in slabs
+    layouts = []
+    model.image_encoder.net[1].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=memory_format)))
+    probs, labels = segment(model, images, memory_format)
+    assert layouts and all(layouts)  # the stem's output is made channels-last directly
+    assert torch.equal(labels, reference[1])
+    assert (probs - reference[0]).abs().max() < 1e-5
+
+
 def test_bf16_autocast_keeps_the_labels_of_a_decisive_model():
     """bf16 is an option, not an optimisation of the default path: its labels may differ where
     classes are close, but not where the model is sure."""

@@ -51,11 +51,11 @@ def test_each_scenario_runs_on_the_malloc_its_command_would_choose(monkeypatch):
 
     monkeypatch.setattr(allocator, "find_fast_malloc", lambda: "libtcmalloc_minimal.so.4")
     preload = {name: speed.scenario_env(name).get("LD_PRELOAD") for name in (
-        "train2d_512", "infer2d_512", "infer2d_256", "infer3d_ref", "infer3d_ref_tcmalloc",
+        "train2d_512", "infer2d_512", "infer2d_256", "infer3d_ref", "infer3d_ref_glibc",
         "infer2d_512_glibc", "ceiling")}
     assert preload == {"train2d_512": "libtcmalloc_minimal.so.4",
                        "infer2d_512": "libtcmalloc_minimal.so.4",  # 32 MB activations
                        "infer2d_256": "libtcmalloc_minimal.so.4",
-                       "infer3d_ref": None,  # 512 MB activations: glibc's malloc
-                       "infer3d_ref_tcmalloc": "libtcmalloc_minimal.so.4",
+                       "infer3d_ref": "libtcmalloc_minimal.so.4",  # 512 MB activations
+                       "infer3d_ref_glibc": None,
                        "infer2d_512_glibc": None, "ceiling": None}

@@ -13,12 +13,11 @@ PyTorch's own transparent-huge-page option (THP_MEM_ALLOC_ENABLE, read once when
 allocates): 512 times fewer faults, 12.4 -> 9.6 s without checkpointing.
 
 Inference (`predict`, `robustness`) runs on tcmalloc too when every model's largest
-full-resolution activation is at most INFERENCE_BLOCK_LIMIT (2D grids up to 512x512 at the
-reference widths): its cache then holds a few tens of MB more at the peak (2D 512x512 0.50 ->
-0.53 GB) for 0.63 -> 0.43-0.47 s per image, and 0.17 -> 0.12 s at 256x256 (interleaved runs,
-speed_log.md). Above it (3D 128x128x256: 512 MB activations) glibc's malloc stays: the code
-frees every large block as soon as it can, and tcmalloc's cache of them raised the peak past
-the 2 GB target (1.72 -> 2.08 GB) for its speed (14.0 -> 11.5 s).
+full-resolution activation is at most INFERENCE_BLOCK_LIMIT: 2D 512x512 0.63 -> 0.43-0.47 s per
+image for 0.50 -> 0.53 GB, 256x256 0.17 -> 0.12 s; 3D 128x128x256 (512 MB activations) 14.1 ->
+12.0 s at 1.77 -> 1.74 GB, since the stem and the upsampling convs run in slabs at that size
+(before, their whole-grid transients fragmented tcmalloc's heap: 2.08 GB; speed_log.md). Larger
+activations than measured keep glibc's malloc, which returns every block as soon as it is freed.
 
 `LDSEG_ALLOCATOR`: `auto` (the default: tcmalloc when found, for `train` and `demo`, and for
 `predict` and `robustness` under the limit above), `tcmalloc` (for every command), `system`
@@ -83,9 +82,9 @@ def describe() -> str:
 
 TRAINING_COMMANDS = ("train", "demo")
 INFERENCE_COMMANDS = ("predict", "robustness")
-# glibc maps every block above 32 MB afresh; tcmalloc's cache of freed blocks costs at the peak
-# about as much as a few of the largest ones, which matters once they reach hundreds of MB.
-INFERENCE_BLOCK_LIMIT = 64 * 2**20
+# glibc maps every block above 32 MB afresh; tcmalloc reuses them. Measured up to the 3D
+# reference grid's 512 MB blocks (peak within 0.2 GB of glibc's); unmeasured beyond.
+INFERENCE_BLOCK_LIMIT = 2**30
 
 
 def activation_bytes(model: ModelConfig, grid: Sequence[int]) -> int:
@@ -149,7 +148,7 @@ def choose(command: str, choice: str, block_bytes: int | None = None) -> str | N
 
 
 def fast_malloc_pays(command: str, block_bytes: int | None = None) -> bool:
-    """Whether `auto` gives `command` tcmalloc: training always, inference on small blocks."""
+    """Whether `auto` gives `command` tcmalloc: training always, inference up to the limit."""
     if command in TRAINING_COMMANDS:
         return True
     return (command in INFERENCE_COMMANDS and block_bytes is not None

@@ -221,15 +221,64 @@ class ImageEncoder(nn.Module):
         return h
 
     def _stem(self, image: torch.Tensor) -> torch.Tensor:
-        h = self.net[0](image)
         # With one input channel oneDNN returns the 3D stem's output contiguous even when the
         # weights are channels-last; the first block's convs would then each make a
         # channels-last copy of it (3D 128x128x256: a 256 MB transient at the process peak).
-        layout = channels_last_format(h.ndim - 2)
+        layout = channels_last_format(image.ndim - 2)
         weight = self.net[1].conv1.weight
-        if weight.is_contiguous(memory_format=layout) and not weight.is_contiguous():
-            h = h.contiguous(memory_format=layout)
-        return h
+        channels_last = weight.is_contiguous(memory_format=layout) and not weight.is_contiguous()
+        wanted = layout if channels_last else torch.contiguous_format
+        stem = self.net[0]
+        if (not torch.is_grad_enabled()
+                and image.shape[0] * stem.out_channels * image.shape[2:].numel()
+                >= SLAB_OUTPUT):
+            return conv_in_slabs(image, stem, wanted)
+        return stem(image).contiguous(memory_format=wanted)
+
+
+def conv_in_slabs(x: torch.Tensor, conv: nn.Module,
+                  memory_format: torch.memory_format) -> torch.Tensor:
+    """conv(x) for a 3-tap, stride-1, padding-1 conv, computed a slab of the last axis at a
+    time into an output made in `memory_format`.
+
+    Why: on the 3D reference grid oneDNN builds the whole 1-channel stem's output in its own
+    layout and then reorders it into a second, contiguous one, which was then copied to
+    channels-last: three 256 MB tensors at 128x128x256, and under tcmalloc a heap fragmented
+    for the rest of the pass. Slab by slab only the output is full-size. Each output voxel
+    sums the same products (zero padding at the ends of the axis, as the conv's own)."""
+    d = x.ndim - 2
+    size = x.shape[-1]
+    per_slab = _slab_length(x.shape[0] * conv.out_channels * x.shape[2:-1].numel())
+    out = torch.empty((x.shape[0], conv.out_channels, *x.shape[2:]), dtype=x.dtype,
+                      device=x.device, memory_format=memory_format)
+    conv_nd = F.conv2d if d == 2 else F.conv3d
+    padding = (1,) * (d - 1) + (0,)
+    for a in range(0, size, per_slab):
+        b = min(size, a + per_slab)
+        out[..., a:b] = conv_nd(_slab_with_halo(x, a, b), conv.weight, conv.bias,
+                                padding=padding)
+    return out
+
+
+def _slab_with_halo(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """x[..., a-1:b+1] along the last axis, zero-padded where that leaves x: a slab-sized copy
+    instead of a padded copy of the whole input."""
+    size = x.shape[-1]
+    slab = x[..., max(a - 1, 0):min(b + 1, size)]
+    return F.pad(slab, [int(a == 0), int(b == size)]) if a == 0 or b == size else slab
+
+
+# At inference, an image-encoder stem whose output reaches SLAB_OUTPUT elements and an
+# upsampling conv whose output reaches SLAB_ELEMENTS (as the decoder's low-memory blocks) run
+# in slabs of the last axis of about SLAB_OUTPUT elements of output each. Below that their
+# transients are small (2D 512x512 at the reference widths keeps the plain calls).
+SLAB_ELEMENTS = 2**24
+SLAB_OUTPUT = 2**23
+
+
+def _slab_length(output_per_index: int) -> int:
+    """How many indices of the last input axis make one slab."""
+    return max(1, SLAB_OUTPUT // max(1, output_per_index))
 
 
 def _block_then(block: ResBlock, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -290,8 +339,24 @@ def upsample_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
             lo, mid, hi = (weight.narrow(dim, i, 1) for i in range(3))
             weight = torch.cat([hi, mid + hi, lo + mid, lo], dim)
         transposed = F.conv_transpose2d if d == 2 else F.conv_transpose3d
-        return transposed(x, weight.transpose(0, 1).contiguous(memory_format=layout), conv.bias,
-                          stride=2, padding=1)
+        weight = weight.transpose(0, 1).contiguous(memory_format=layout)
+        out_elements = x.shape[0] * conv.out_channels * x.shape[2:].numel() * 2**d
+        if torch.is_grad_enabled() or out_elements < SLAB_ELEMENTS:
+            return transposed(x, weight, conv.bias, stride=2, padding=1)
+        # Slab by slab along the last axis, into one channels-last output: oneDNN makes a
+        # copy of the whole input otherwise (3D 128x128x256: +256 MB that tcmalloc then
+        # keeps). An input slab [a-1, b+1) (zero-padded at the ends) with padding 3 on that
+        # axis gives exactly the outputs [2a, 2b).
+        out = torch.empty((x.shape[0], conv.out_channels, *(2 * n for n in x.shape[2:])),
+                          dtype=x.dtype, device=x.device, memory_format=layout)
+        size = x.shape[-1]
+        per_slab = _slab_length(out_elements // size)
+        for a in range(0, size, per_slab):
+            b = min(size, a + per_slab)
+            out[..., 2 * a:2 * b] = transposed(
+                _slab_with_halo(x, a, b).contiguous(memory_format=layout), weight, conv.bias,
+                stride=2, padding=(1,) * (d - 1) + (3,))
+        return out
     weights = [conv.weight]
     for dim in range(2, 2 + d):  # phase 0 reads offsets (-1, 0), phase 1 reads (0, +1)
         split = [(w.narrow(dim, 0, 1), w.narrow(dim, 1, 1), w.narrow(dim, 2, 1)) for w in weights]
