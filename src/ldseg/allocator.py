@@ -14,8 +14,8 @@ allocates): 512 times fewer faults, 12.4 -> 9.6 s without checkpointing.
 
 Inference (`predict`, `robustness`) runs on tcmalloc too when every model's largest
 full-resolution activation is at most INFERENCE_BLOCK_LIMIT: 2D 512x512 0.63 -> 0.43-0.47 s per
-image for 0.50 -> 0.53 GB, 256x256 0.17 -> 0.12 s; 3D 128x128x256 (512 MB activations) 14.1 ->
-12.0 s at 1.77 -> 1.74 GB, since the stem and the upsampling convs run in slabs at that size
+image for 0.50 -> 0.53 GB, 256x256 0.17 -> 0.12 s; 3D 128x128x256 (512 MB activations) 15.7 ->
+12.5 s at 1.77 -> 1.74 GB, since the stem and the upsampling convs run in slabs at that size
 (before, their whole-grid transients fragmented tcmalloc's heap: 2.08 GB; speed_log.md). Larger
 activations than measured keep glibc's malloc, which returns every block as soon as it is freed.
 
