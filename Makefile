@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) tcmalloc
 
-# `ldseg train` runs on tcmalloc when it is installed (src/ldseg/allocator.py says why):
-# Debian's libtcmalloc-minimal4, a 300 kB library. Best effort: as root or through sudo without
-# a password prompt; without it training runs on glibc's malloc, slower at large grids.
+# `ldseg train`, `predict` and `robustness` run on tcmalloc when it is installed
+# (src/ldseg/allocator.py says why): Debian's libtcmalloc-minimal4, a 300 kB library. Best
+# effort: as root or through sudo without a password prompt; without it they run on glibc's
+# malloc, slower at large grids.
 tcmalloc:
 	@/sbin/ldconfig -p 2>/dev/null | grep -q libtcmalloc || { S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
 		$$S apt-get update -q && $$S apt-get install -y -q libtcmalloc-minimal4; } \
-		|| echo "ldseg: tcmalloc not installed; training runs on glibc's malloc"
+		|| echo "ldseg: tcmalloc not installed; ldseg runs on glibc's malloc"
 
 demo: setup
 	$(VENV)/bin/ldseg demo -o demo_output/$$(date +%Y%m%d-%H%M%S)

@@ -2,8 +2,8 @@
 
 Every scenario runs in its own subprocess so that its peak RSS is its own, on the malloc the
 `ldseg` command would use (src/ldseg/allocator.py: tcmalloc for training when installed, else
-glibc's malloc with torch's huge pages; for inference tcmalloc on grids up to 512x512, glibc's
-on the 3D reference grid). A `_glibc` or `_tcmalloc`
+glibc's malloc with torch's huge pages; for inference tcmalloc up to the activation size of
+allocator.INFERENCE_BLOCK_LIMIT, which covers every scenario here). A `_glibc` or `_tcmalloc`
 suffix runs a scenario on that one instead. Times are the median of `--repeats` runs after
 one warm-up; FLOPs come from torch's flop counter and are compared with a convolution and a
 matmul ceiling measured in the same run.
@@ -284,9 +284,8 @@ SCENARIOS = {f.__name__: f for f in (ceiling, infer2d_512, infer2d_512_unoptimis
                                        profile2d_512)}
 
 
-# The targets' scenarios again on the other malloc: training on glibc's (a machine without
-# tcmalloc), 2D inference on glibc's (LDSEG_ALLOCATOR=system), 3D on tcmalloc
-# (LDSEG_ALLOCATOR=tcmalloc).
+# The targets' scenarios again on glibc's malloc (a machine without tcmalloc, or
+# LDSEG_ALLOCATOR=system).
 OTHER_MALLOC_ROWS = ("train2d_512_glibc", "train2d_512_checkpointing_glibc",
                      "infer2d_512_glibc", "infer3d_ref_glibc")
 

@@ -243,11 +243,16 @@ def test_slabbed_networks_give_the_same_segmentation(dims, grid, channels, monke
     reference = segment(model, images, memory_format)
     monkeypatch.setattr(networks, "SLAB_ELEMENTS", 1)
     monkeypatch.setattr(networks, "SLAB_OUTPUT", 2**10)  # every stem and upsampling in slabs
-    layouts = []
+    layouts, slabbed = [], []
     model.image_encoder.net[1].register_forward_pre_hook(
         lambda _, args: layouts.append(args[0].is_contiguous(memory_format=memory_format)))
+    fill = networks._fill_in_slabs
+    monkeypatch.setattr(networks, "_fill_in_slabs",
+                        lambda x, out, op: slabbed.append(out.shape[1]) or fill(x, out, op))
     probs, labels = segment(model, images, memory_format)
     assert layouts and all(layouts)  # the stem's output is made channels-last directly
+    # the slabbed path really ran: the stem (8 channels) and both upsamplings (8 channels)
+    assert slabbed == [8, 8, 8], slabbed
     assert torch.equal(labels, reference[1])
     assert (probs - reference[0]).abs().max() < 1e-5
 

@@ -9,6 +9,7 @@ Label decoder f_ld: latent -> class logits at full resolution.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,13 @@ from torch.utils.checkpoint import checkpoint
 
 from ldseg.config import ModelConfig
 from ldseg.inference.runtime import channels_last_format
+
+# At inference, an image-encoder stem whose output reaches SLAB_OUTPUT elements and an
+# upsampling conv whose output reaches SLAB_ELEMENTS (as the decoder's low-memory blocks) run
+# in slabs of the last axis of about SLAB_OUTPUT elements of output each. Below that their
+# transients are small (2D 512x512 at the reference widths keeps the plain calls).
+SLAB_ELEMENTS = 2**24
+SLAB_OUTPUT = 2**23
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -247,38 +255,29 @@ def conv_in_slabs(x: torch.Tensor, conv: nn.Module,
     for the rest of the pass. Slab by slab only the output is full-size. Each output voxel
     sums the same products (zero padding at the ends of the axis, as the conv's own)."""
     d = x.ndim - 2
-    size = x.shape[-1]
-    per_slab = _slab_length(x.shape[0] * conv.out_channels * x.shape[2:-1].numel())
     out = torch.empty((x.shape[0], conv.out_channels, *x.shape[2:]), dtype=x.dtype,
                       device=x.device, memory_format=memory_format)
     conv_nd = F.conv2d if d == 2 else F.conv3d
     padding = (1,) * (d - 1) + (0,)
+    return _fill_in_slabs(x, out, lambda slab: conv_nd(slab, conv.weight, conv.bias,
+                                                       padding=padding))
+
+
+def _fill_in_slabs(x: torch.Tensor, out: torch.Tensor,
+                   op: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """out[..., s*a:s*b] = op(x[..., a-1:b+1]) slab by slab along the last axis, where s is
+    out's size over x's on that axis; the halo is zero-padded where it leaves x (a slab-sized
+    copy instead of a padded copy of the whole input)."""
+    size = x.shape[-1]
+    scale = out.shape[-1] // size
+    per_slab = max(1, SLAB_OUTPUT // max(1, out.numel() // size))
     for a in range(0, size, per_slab):
         b = min(size, a + per_slab)
-        out[..., a:b] = conv_nd(_slab_with_halo(x, a, b), conv.weight, conv.bias,
-                                padding=padding)
+        slab = x[..., max(a - 1, 0):min(b + 1, size)]
+        if a == 0 or b == size:
+            slab = F.pad(slab, [int(a == 0), int(b == size)])
+        out[..., scale * a:scale * b] = op(slab)
     return out
-
-
-def _slab_with_halo(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
-    """x[..., a-1:b+1] along the last axis, zero-padded where that leaves x: a slab-sized copy
-    instead of a padded copy of the whole input."""
-    size = x.shape[-1]
-    slab = x[..., max(a - 1, 0):min(b + 1, size)]
-    return F.pad(slab, [int(a == 0), int(b == size)]) if a == 0 or b == size else slab
-
-
-# At inference, an image-encoder stem whose output reaches SLAB_OUTPUT elements and an
-# upsampling conv whose output reaches SLAB_ELEMENTS (as the decoder's low-memory blocks) run
-# in slabs of the last axis of about SLAB_OUTPUT elements of output each. Below that their
-# transients are small (2D 512x512 at the reference widths keeps the plain calls).
-SLAB_ELEMENTS = 2**24
-SLAB_OUTPUT = 2**23
-
-
-def _slab_length(output_per_index: int) -> int:
-    """How many indices of the last input axis make one slab."""
-    return max(1, SLAB_OUTPUT // max(1, output_per_index))
 
 
 def _block_then(block: ResBlock, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -349,14 +348,9 @@ def upsample_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
         # axis gives exactly the outputs [2a, 2b).
         out = torch.empty((x.shape[0], conv.out_channels, *(2 * n for n in x.shape[2:])),
                           dtype=x.dtype, device=x.device, memory_format=layout)
-        size = x.shape[-1]
-        per_slab = _slab_length(out_elements // size)
-        for a in range(0, size, per_slab):
-            b = min(size, a + per_slab)
-            out[..., 2 * a:2 * b] = transposed(
-                _slab_with_halo(x, a, b).contiguous(memory_format=layout), weight, conv.bias,
-                stride=2, padding=(1,) * (d - 1) + (3,))
-        return out
+        padding = (1,) * (d - 1) + (3,)
+        return _fill_in_slabs(x, out, lambda slab: transposed(
+            slab.contiguous(memory_format=layout), weight, conv.bias, stride=2, padding=padding))
     weights = [conv.weight]
     for dim in range(2, 2 + d):  # phase 0 reads offsets (-1, 0), phase 1 reads (0, +1)
         split = [(w.narrow(dim, 0, 1), w.narrow(dim, 1, 1), w.narrow(dim, 2, 1)) for w in weights]
