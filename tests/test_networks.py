@@ -74,9 +74,12 @@ def test_eval_mode_gives_finite_deterministic_outputs(norm):
 def test_default_3d_model_keeps_a_useful_latent():
     cfg = default_model(3, 1, 3)
     assert cfg.downsample_factor == 8 and cfg.latent_channels == 4
+    # the image latent, the denoiser's only view of the image, is wider than the label latent
+    assert cfg.image_latent_channels == 8
     model = LDSeg(cfg)
     y = torch.randint(0, 3, (1, 16, 16, 32))
     assert model.label_encoder(y).shape == (1, 4, 2, 2, 4)
+    assert model.image_encoder(torch.randn(1, 1, 16, 16, 32)).shape == (1, 8, 2, 2, 4)
 
 
 @pytest.mark.parametrize("dims,grid", [(2, (64, 64)), (3, (16, 16, 32))])
