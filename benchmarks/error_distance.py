@@ -12,7 +12,9 @@ measured; see benchmarks/results/accuracy.md).
 
 Every case of REF_DIR must have a prediction of the same name and shape in each PRED_DIR.
 Counts are summed over the cases; false positives that fall on another reference class are
-counted separately as well (class confusion rather than thickening).
+counted separately as well (class confusion rather than thickening). Cases are listed and
+read as `ldseg evaluate` does (its helpers: one format, hidden temporary files and subfolders
+skipped, single-channel label maps).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ldseg.data.imageio import FORMATS_2D, FORMATS_3D, file_ending, read_image
 from ldseg.errors import LdsegError
+from ldseg.evaluation.metrics import _detect_ending, _image_files, _read_label_map
 from ldseg.files import atomic_write
 
 DEFAULT_EDGES = (1.0, 2.0, 4.0, 8.0)
@@ -43,58 +45,66 @@ def _histogram(distances: np.ndarray, edges: tuple[float, ...]) -> list[int]:
     return np.bincount(index, minlength=len(edges) + 1).astype(int).tolist()
 
 
+def _distances(ref: np.ndarray, label: int, spacing: tuple[float, ...]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference side, once per case and label however many predictions are scored: the
+    structure's mask, each outside voxel's distance to it and each inside voxel's depth
+    (scipy's exact Euclidean transform, in mm)."""
+    inside = ref == label
+    return (inside, ndimage.distance_transform_edt(~inside, sampling=spacing),
+            ndimage.distance_transform_edt(inside, sampling=spacing))
+
+
+def _count(pred: np.ndarray, ref: np.ndarray, label: int,
+           reference: tuple[np.ndarray, np.ndarray, np.ndarray],
+           edges: tuple[float, ...]) -> dict:
+    if pred.shape != ref.shape:
+        raise LdsegError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
+    inside, outside_distance, inside_depth = reference
+    predicted = pred == label
+    fp, fn = predicted & ~inside, inside & ~predicted
+    return {"fp": _histogram(outside_distance[fp], edges),
+            "fn": _histogram(inside_depth[fn], edges),
+            "fp_other_class": int((fp & (ref != 0)).sum())}
+
+
 def error_by_distance(pred: np.ndarray, ref: np.ndarray, label: int,
                       spacing: tuple[float, ...],
                       edges: tuple[float, ...] = DEFAULT_EDGES) -> dict:
     """False positives of `label` binned by distance (mm) to the reference structure, false
     negatives by depth (mm) inside it; `fp_other_class` counts false positives on another
     foreground class of the reference."""
-    if pred.shape != ref.shape:
-        raise LdsegError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
-    inside = ref == label
-    predicted = pred == label
-    fp, fn = predicted & ~inside, inside & ~predicted
-    # distance from each voxel outside the structure to the nearest structure voxel, and from
-    # each voxel inside to the nearest voxel outside: scipy's exact Euclidean transform
-    outside_distance = ndimage.distance_transform_edt(~inside, sampling=spacing)
-    inside_depth = ndimage.distance_transform_edt(inside, sampling=spacing)
-    return {"fp": _histogram(outside_distance[fp], edges),
-            "fn": _histogram(inside_depth[fn], edges),
-            "fp_other_class": int((fp & (ref != 0)).sum())}
+    return _count(pred, ref, label, _distances(ref, label, spacing), edges)
 
 
-def _cases(folder: Path) -> dict[str, Path]:
-    found = {}
-    for path in sorted(folder.iterdir()):
-        ending = file_ending(path)
-        if ending in FORMATS_2D + FORMATS_3D:
-            found[path.name[: -len(ending)]] = path
-    return found
-
-
-def folder_errors(pred_dir: Path, ref_dir: Path, labels: list[int],
-                  edges: tuple[float, ...]) -> dict[int, dict]:
-    """Counts per label, summed over every case of `ref_dir`."""
-    refs, preds = _cases(ref_dir), _cases(pred_dir)
-    if not refs:
-        raise LdsegError(f"{ref_dir}: no reference images")
-    missing = sorted(set(refs) - set(preds))
-    if missing:
-        raise LdsegError(f"{pred_dir}: no prediction for {', '.join(missing)}")
-    totals = {label: {"fp": [0] * (len(edges) + 1), "fn": [0] * (len(edges) + 1),
-                      "fp_other_class": 0} for label in labels}
-    for name, ref_path in refs.items():
-        ref, geometry = read_image(ref_path)
-        pred, _ = read_image(preds[name])
-        for label in labels:
-            try:
-                counts = error_by_distance(pred[0], ref[0], label, geometry.spacing, edges)
-            except LdsegError as exc:
-                raise LdsegError(f"{preds[name]}: {exc}") from None
-            for key in ("fp", "fn"):
-                summed = zip(totals[label][key], counts[key], strict=True)
-                totals[label][key] = [a + b for a, b in summed]
-            totals[label]["fp_other_class"] += counts["fp_other_class"]
+def folders_errors(pred_dirs: dict[str, Path], ref_dir: Path, labels: list[int],
+                   edges: tuple[float, ...]) -> dict[str, dict[int, dict]]:
+    """Counts per prediction folder and label, summed over every case of `ref_dir`. Each
+    reference is read, and its distance maps computed, once for all the folders."""
+    ending = _detect_ending(ref_dir)
+    refs = _image_files(ref_dir, ending)
+    preds = {name: _image_files(folder, ending) for name, folder in pred_dirs.items()}
+    for name, files in preds.items():
+        missing = sorted(set(refs) - set(files))
+        if missing:
+            raise LdsegError(f"{pred_dirs[name]}: no prediction for {', '.join(missing)}")
+    bins = len(edges) + 1
+    totals = {name: {label: {"fp": [0] * bins, "fn": [0] * bins, "fp_other_class": 0}
+                     for label in labels} for name in pred_dirs}
+    for case, ref_path in refs.items():
+        ref, geometry = _read_label_map(ref_path)
+        reference = {label: _distances(ref, label, geometry.spacing) for label in labels}
+        for name, files in preds.items():
+            pred, _ = _read_label_map(files[case])
+            for label in labels:
+                try:
+                    counts = _count(pred, ref, label, reference[label], edges)
+                except LdsegError as exc:
+                    raise LdsegError(f"{files[case]}: {exc}") from None
+                total = totals[name][label]
+                for key in ("fp", "fn"):
+                    total[key] = [a + b for a, b in zip(total[key], counts[key], strict=True)]
+                total["fp_other_class"] += counts["fp_other_class"]
     return totals
 
 
@@ -136,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)) or edges[0] <= 0:
         parser.error("--edges must be positive and increasing")
     try:
-        results = {name: folder_errors(folder, args.ref_dir, labels, edges)
-                   for name, folder in map(_named_folder, args.predictions)}
+        results = folders_errors(dict(map(_named_folder, args.predictions)), args.ref_dir,
+                                 labels, edges)
     except LdsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -68,3 +68,18 @@ def test_command_sums_cases_writes_the_table_and_names_a_missing_prediction(
     (preds / "b.nii.gz").unlink()
     assert error_distance.main([str(refs), str(preds)]) == 1
     assert "no prediction for b" in capsys.readouterr().err
+
+
+def test_command_reads_the_spacing_in_array_order(tmp_path: Path) -> None:
+    refs, preds = tmp_path / "ref", tmp_path / "pred"
+    refs.mkdir(), preds.mkdir()
+    ref = _cube((8, 8, 8), 2, 6)
+    pred = ref.copy()
+    pred[2:6, 2:6, 1] = 1  # one slab thicker along the last array axis only, 3 mm voxels
+    geometry = Geometry((1.0, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    write_image(refs / "a.nii.gz", ref, geometry)
+    write_image(preds / "a.nii.gz", pred, geometry)
+    out = tmp_path / "table.md"
+    assert error_distance.main([str(refs), f"m={preds}", "--output", str(out)]) == 0
+    fp_row = next(r for r in out.read_text().splitlines() if "FP outside" in r)
+    assert [int(c) for c in fp_row.split("|")[4:9]] == [0, 0, 16, 0, 0]  # all at 3 mm
