@@ -147,7 +147,7 @@ def test_missing_paths(args, capsys):
 
 def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsys):
     widths, noise, image_latent, prob, timesteps, dice = {}, {}, {}, {}, {}, {}
-    steps = {}
+    steps, noise_weight, seg_grad = {}, {}, {}
     for size in ("lean", "reference"):
         run = tmp_path / size
         # lean, a planned latent factor, 4 image-latent channels, noise 2.0 (2D) and late
@@ -156,7 +156,9 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
                                            "--downsamplings", "3", "--image-latent-channels", "2",
                                            "--noise-augment-prob", "0.5",
                                            "--timestep-sampling", "uniform",
-                                           "--dice-weight", "0.5", "--steps", "4"]
+                                           "--dice-weight", "0.5", "--steps", "4",
+                                           "--noise-weight", "10",
+                                           "--denoiser-seg-grad", "0.5"]
         assert run_cli(["train", easy, "-o", run, *FAST[:2], "--epochs", "1",
                         "--iters-per-epoch", "1", "--batch-size", "2", "--no-progress",
                         *flags], capsys)[0] == 0
@@ -165,6 +167,8 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
         prob[size] = config["train"]["noise_augment_prob"]
         timesteps[size] = config["diffusion"]["timestep_sampling"]
         dice[size] = config["train"]["gamma_dice"]
+        noise_weight[size] = config["train"]["lambda_noise"]
+        seg_grad[size] = config["train"]["denoiser_segmentation_grad"]
         steps[size] = config["diffusion"]["sampling_steps"]
         widths[size] = (model["label_encoder_widths"], model["image_encoder_widths"],
                         model["label_decoder_widths"])
@@ -178,6 +182,8 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     assert timesteps == {"lean": "late", "reference": "uniform"}
     assert dice == {"lean": 2.0, "reference": 0.5}  # the method page's gamma by default
     assert steps == {"lean": 15, "reference": 4}  # planned for a 2D model unless given
+    assert noise_weight == {"lean": 1.0, "reference": 10.0}  # the method page's lambda = 1
+    assert seg_grad == {"lean": 1.0, "reference": 0.5}
     code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-augment-prob", "1.5",
                             "--no-progress"], capsys)
     one_line_error(code, err)
@@ -186,3 +192,11 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
                             "--no-progress"], capsys)
     one_line_error(code, err)
     assert "gamma_dice" in err and not (tmp_path / "bad" / "config.json").exists()
+    code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-weight", "-1",
+                            "--no-progress"], capsys)
+    one_line_error(code, err)
+    assert "lambda_noise" in err and not (tmp_path / "bad" / "config.json").exists()
+    code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--denoiser-seg-grad", "2",
+                            "--no-progress"], capsys)
+    one_line_error(code, err)
+    assert "denoiser_segmentation_grad" in err

@@ -73,6 +73,12 @@ def _add_train(sub) -> None:
     g.add_argument("--dice-weight", type=float, metavar="GAMMA",
                    help="weight of (1 - Dice) against cross-entropy in the loss (default 2, "
                         "the method page's gamma)")
+    g.add_argument("--noise-weight", type=float, metavar="LAMBDA",
+                   help="weight of the noise-prediction MSE in LDSeg's loss (default 1, the "
+                        "method page's lambda)")
+    g.add_argument("--denoiser-seg-grad", type=float, metavar="W",
+                   help="share of the segmentation loss's gradient that reaches the denoiser "
+                        "through its noise estimate (0..1; default 1: all of it)")
     g.add_argument("--noise-augment", type=float, metavar="STD",
                    help="Gaussian image noise in training, as a noisy scan looks after "
                         "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "
@@ -268,7 +274,9 @@ def _cmd_train(args) -> None:
         val_every=args.val_every, val_fraction=args.val_fraction, val_cases=args.val_cases,
         flip_axes=args.flip_axes if args.flip_axes is not None else (),
         intensity_augment=not args.no_intensity_augment, seed=args.seed,
-        **_given(gamma_dice=args.dice_weight, noise_augment_std=args.noise_augment,
+        **_given(gamma_dice=args.dice_weight, lambda_noise=args.noise_weight,
+                 denoiser_segmentation_grad=args.denoiser_seg_grad,
+                 noise_augment_std=args.noise_augment,
                  noise_augment_prob=args.noise_augment_prob),
         num_threads=args.threads, gradient_checkpointing=args.grad_checkpoint,
     )

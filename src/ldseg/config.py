@@ -194,6 +194,13 @@ class TrainConfig:
     ema_decay: float = 0.999
     gamma_dice: float = 2.0
     lambda_noise: float = 1.0
+    # The share of the segmentation loss's gradient that reaches the denoiser (and through it
+    # the image encoder) via eps_hat; the loss value and the label encoder's and decoder's
+    # gradients are unchanged. Through the x0 estimate that gradient is multiplied by
+    # sqrt(1 - a) / sqrt(a), up to 20 at late timesteps, and on knee 3D with a 1/4 latent it
+    # was 35x the noise term's and all but orthogonal to it: the denoiser then predicted
+    # nothing for up to 350 steps (benchmarks/loss_gradients.py).
+    denoiser_segmentation_grad: float = 1.0
     flip_axes: tuple[int, ...] = ()  # spatial axes mirrored at random
     intensity_augment: bool = True
     # Acquisition-like noise (training.augment.add_acquisition_noise), std drawn per sample from
@@ -212,7 +219,8 @@ class TrainConfig:
     # for about a third more compute; the numbers are the same.
     gradient_checkpointing: bool = False
     ADDED_KEYS: typing.ClassVar[dict[str, object]] = {"gradient_checkpointing": False,
-                                                      "noise_augment_prob": 1.0}
+                                                      "noise_augment_prob": 1.0,
+                                                      "denoiser_segmentation_grad": 1.0}
 
     def validate(self) -> None:
         if not 0 <= self.noise_augment_prob <= 1:
@@ -222,6 +230,11 @@ class TrainConfig:
             raise LdsegError(f"noise_augment_std must be >= 0, got {self.noise_augment_std}")
         if self.gamma_dice < 0:
             raise LdsegError(f"gamma_dice must be >= 0, got {self.gamma_dice}")
+        if self.lambda_noise < 0:
+            raise LdsegError(f"lambda_noise must be >= 0, got {self.lambda_noise}")
+        if not 0 <= self.denoiser_segmentation_grad <= 1:
+            raise LdsegError("denoiser_segmentation_grad must be within 0..1, got "
+                             f"{self.denoiser_segmentation_grad}")
 
 
 @dataclass

@@ -83,6 +83,14 @@ class TrainState:
     losses: list[float] = field(default_factory=list)  # one per step, for LOSSES_CSV
 
 
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """x in the forward pass; in the backward pass only `factor` of the gradient reaches x."""
+    if factor == 1.0:
+        return x
+    frozen = x.detach()
+    return frozen + factor * (x - frozen)  # exactly x's values: x - frozen is 0
+
+
 def foreground_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> list[float]:
     """Dice per foreground class over all voxels given; NaN when both are empty."""
     out = []
@@ -152,7 +160,7 @@ class Trainer:
         return warm * (floor + (tc.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     def train_step(self, progress: float) -> dict[str, float]:
-        cfg, dcfg = self.config, self.config.diffusion
+        cfg, dcfg, tc = self.config, self.config.diffusion, self.config.train
         x, y = self.next_batch()
         x, y = augment_batch(x, y, cfg.train, self.generator)
         # All random numbers are drawn for the global batch on every rank; each keeps its shard.
@@ -172,7 +180,9 @@ class Trainer:
             eps = (eps if dcfg.shared_noise else eps[shard]).to(device).expand_as(z0)
             z_t = self.schedule.add_noise(z0, eps, t)
             eps_hat = self.net.denoiser(z_t, z_image, t)
-            z_dn = self.schedule.denoised(z_t, eps_hat, t, dcfg.denoised_rule,
+            # The segmentation loss reaches the denoiser through eps_hat, scaled (TrainConfig).
+            eps_seg = scale_gradient(eps_hat, tc.denoiser_segmentation_grad)
+            z_dn = self.schedule.denoised(z_t, eps_seg, t, dcfg.denoised_rule,
                                           dcfg.x0_min_divisor)
             logits = self.net.label_decoder(z_dn)
             loss, parts = self.loss_fn(logits, y, eps, eps_hat)
