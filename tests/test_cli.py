@@ -184,19 +184,11 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     assert steps == {"lean": 15, "reference": 4}  # planned for a 2D model unless given
     assert noise_weight == {"lean": 1.0, "reference": 10.0}  # the method page's lambda = 1
     assert seg_grad == {"lean": 1.0, "reference": 0.5}
-    code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-augment-prob", "1.5",
-                            "--no-progress"], capsys)
-    one_line_error(code, err)
-    assert "noise_augment_prob" in err and not (tmp_path / "bad" / "config.json").exists()
-    code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--dice-weight", "-1",
-                            "--no-progress"], capsys)
-    one_line_error(code, err)
-    assert "gamma_dice" in err and not (tmp_path / "bad" / "config.json").exists()
-    code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--noise-weight", "-1",
-                            "--no-progress"], capsys)
-    one_line_error(code, err)
-    assert "lambda_noise" in err and not (tmp_path / "bad" / "config.json").exists()
-    code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", "--denoiser-seg-grad", "2",
-                            "--no-progress"], capsys)
-    one_line_error(code, err)
-    assert "denoiser_segmentation_grad" in err
+    for flag, value, field in (("--noise-augment-prob", "1.5", "noise_augment_prob"),
+                               ("--dice-weight", "-1", "gamma_dice"),
+                               ("--noise-weight", "-1", "lambda_noise"),
+                               ("--denoiser-seg-grad", "2", "denoiser_segmentation_grad")):
+        code, _, err = run_cli(["train", easy, "-o", tmp_path / "bad", flag, value,
+                                "--no-progress"], capsys)
+        one_line_error(code, err)
+        assert field in err and not (tmp_path / "bad" / "config.json").exists()
