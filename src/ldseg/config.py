@@ -195,11 +195,12 @@ class TrainConfig:
     gamma_dice: float = 2.0
     lambda_noise: float = 1.0
     # The share of the segmentation loss's gradient that reaches the denoiser (and through it
-    # the image encoder) via eps_hat; the loss value and the label encoder's and decoder's
-    # gradients are unchanged. Through the x0 estimate that gradient is multiplied by
-    # sqrt(1 - a) / sqrt(a), up to 20 at late timesteps, and on knee 3D with a 1/4 latent it
-    # was 35x the noise term's and all but orthogonal to it: the denoiser then predicted
-    # nothing for up to 350 steps (benchmarks/loss_gradients.py).
+    # the image encoder, and the label encoder's path through z_t) via eps_hat; the loss value,
+    # the label decoder's gradient and the label encoder's direct path are unchanged. Through
+    # the x0 estimate that gradient is multiplied by sqrt(1 - a) / sqrt(a), up to 20 at late
+    # timesteps; on knee 3D with a 1/4 latent it was 1.4-21x the noise term's and all but
+    # orthogonal to it, and the denoiser predicted nothing for up to 350 steps
+    # (benchmarks/results/knee3d_denoiser_stall_2026-12-07.md).
     denoiser_segmentation_grad: float = 1.0
     flip_axes: tuple[int, ...] = ()  # spatial axes mirrored at random
     intensity_augment: bool = True
