@@ -142,9 +142,10 @@ def _steps_flag(steps: int | None) -> str:
     return f" --steps {steps}" if steps else ""
 
 
-def robustness_job(work: Path, task: str, sigmas: str, steps: int | None, samples: int) -> str:
+def robustness_job(work: Path, task: str, sigmas: str, steps: int | None, samples: int,
+                   models: tuple[str, ...] = MODELS) -> str:
     dataset = work / "data" / TASKS[task]["dataset"]
-    runs = " ".join(f"-m {work / 'runs' / task / m}" for m in MODELS)
+    runs = " ".join(f"-m {work / 'runs' / task / m}" for m in models)
     return (f"{sys.executable} -m ldseg.cli robustness {runs} -d {dataset} "
             f"-o {work / 'robustness' / task} --sigmas {sigmas}{_steps_flag(steps)} "
             f"--samples {samples} --no-progress {postprocess_flags(task)}")
@@ -367,6 +368,11 @@ def seeds_report(works: dict[int, Path], tasks: list[str], ldseg_samples: int) -
         ece_wins = sum(sc["ece_s8"] < sc["ece_baseline"] for sc in scores)
         d_l, d_b = stats["dice_s1"][0], stats["dice_baseline"][0]
         lo_l, lo_b = stats["loss_ldseg"][0], stats["loss_baseline"][0]
+        if not math.isfinite(d_b):  # an LDSeg-only folder (--models ldseg)
+            targets.append(f"- {task}, {len(rows)} seeds: no baseline in this folder; LDSeg "
+                           f"Dice (1 sample) {_fmt(d_l)}, loss at {SIGMA_NOISY:g} {_fmt(lo_l)}, "
+                           f"ECE {_fmt(stats['ece_s8'][0], 4)}")
+            continue
         if max(lo_l, lo_b) < FLAT_LOSS:
             noise = f"n/a: both lose < {FLAT_LOSS}"
         else:
@@ -417,6 +423,10 @@ def main() -> None:
     parser.add_argument("--predict-only", action="store_true",
                         help="predict, evaluate and robustness again with the trained runs of a "
                              "finished --work folder")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="which models to train, e.g. 'ldseg' alone to compare a changed "
+                             "LDSeg with a baseline measured before (the report leaves the "
+                             "baseline's columns n/a)")
     parser.add_argument("--seeds", default="0",
                         help="training seeds, e.g. 0,1,2: each model trained once per seed")
     parser.add_argument("--report-only", action="store_true")
@@ -428,6 +438,9 @@ def main() -> None:
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    models = tuple(args.models.split(","))
+    if not models or set(models) - set(MODELS):
+        sys.exit(f"--models: choose from {list(MODELS)}, got '{args.models}'")
     budgets = parse_budgets(args.budget_minutes, tasks)
     threads, jobs = job_layout(args.parallel, args.threads)
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -453,15 +466,15 @@ def main() -> None:
             w, t, m, budgets[t], threads, args.steps, args.samples,
             f"{args.train_flags} --seed {s}".strip(), train=not args.predict_only,
             samples_eta=args.samples_eta)]
-            for s, w in works.items() for t in tasks for m in MODELS}
+            for s, w in works.items() for t in tasks for m in models}
         codes = run_jobs(train, jobs, logs)
         rob = {}
         for s, w in works.items():
             for t in tasks:
-                if not codes[f"{t}_ldseg{tag[s]}"] and not codes[f"{t}_baseline{tag[s]}"]:
+                if not any(codes[f"{t}_{m}{tag[s]}"] for m in models):
                     rob[f"{t}_robustness{tag[s]}"] = ["bash", "-c", robustness_job(
-                        w, t, args.sigmas, args.steps, args.robustness_samples)]
-                if args.equal_steps and not codes[f"{t}_ldseg{tag[s]}"]:
+                        w, t, args.sigmas, args.steps, args.robustness_samples, models)]
+                if args.equal_steps and not codes.get(f"{t}_ldseg{tag[s]}", 1):
                     rob[f"{t}_{EQUAL_STEPS}{tag[s]}"] = ["bash", "-c", equal_steps_job(
                         w, t, threads, f"{args.train_flags} --seed {s}".strip())]
         codes |= run_jobs(rob, jobs, logs)

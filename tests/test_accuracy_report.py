@@ -69,6 +69,20 @@ def test_seeds_report_skips_seeds_without_results(tmp_path: Path) -> None:
     assert "both lose < 0.005" in target and "ECE 0.0200 vs 0.0100 (NOT met)" in target
 
 
+def test_an_ldseg_only_folder_reports_no_baseline_verdicts(tmp_path: Path) -> None:
+    works = accuracy.seed_works(tmp_path, [4, 5])
+    for work in works.values():
+        _fake_seed(work, {"ldseg_s1": 0.92, "ldseg_s8": 0.93}, {"ldseg_s8": 0.008},
+                   {"ldseg": [0.92, 0.915]})
+    text = accuracy.seeds_report(works, ["knee3d"], 8)
+    rows = [line for line in text.splitlines() if line.startswith("| knee3d |")]
+    assert len(rows) == 3 and "| n/a |" in rows[0]
+    target = next(line for line in text.splitlines() if line.startswith("- knee3d"))
+    assert target == ("- knee3d, 2 seeds: no baseline in this folder; LDSeg Dice (1 sample) "
+                      "0.920, loss at 0.1 0.005, ECE 0.0080")
+    assert "NOT met" not in text
+
+
 def test_mean_sd_ignores_missing_values() -> None:
     mean, sd = accuracy.mean_sd([math.nan, 1.0, 3.0])
     assert mean == 2.0 and sd == pytest.approx(math.sqrt(2))

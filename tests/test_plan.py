@@ -25,9 +25,10 @@ def _spec(dims: int, channels: int = 1, classes: int = 3) -> DatasetSpec:
     ((128, 128), 3),
     ((48, 48), 2),
     ((16, 16), 1),  # never below one downsampling
-    ((56, 40, 80), 3),  # 3D knee: 7x5x10
+    ((56, 40, 80), 2),  # 3D knee: 14x10x20 (1/8 would leave 7x5x10)
     ((128, 128, 256), 3),
-    ((24, 16, 32), 2),
+    ((64, 64, 64), 3),
+    ((24, 16, 32), 1),
 ])
 def test_planned_downsamplings_keep_the_latent_axis(grid, expected):
     assert planned_downsamplings(grid) == expected
@@ -102,3 +103,30 @@ def test_sampling_steps_are_planned_by_dimensionality_unless_given():
     planned = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], diffusion=given,
                        auto_steps=True)
     assert (planned.diffusion.sampling_steps, planned.diffusion.eta) == (2, 0.5)
+
+
+def test_denoiser_segmentation_gradient_is_planned_for_3d_ldseg_unless_given():
+    from ldseg.config import DEFAULT_DENOISER_SEG_GRAD, TrainConfig
+
+    assert DEFAULT_DENOISER_SEG_GRAD == {2: 1.0, 3: 0.1}
+    slices = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], dims=2)
+    volume = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)])
+    assert slices.train.denoiser_segmentation_grad == 1.0
+    assert volume.train.denoiser_segmentation_grad == 0.1
+    given = TrainConfig(denoiser_segmentation_grad=0.5)
+    kept = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], train=given,
+                    auto_seg_grad=False)
+    assert kept.train.denoiser_segmentation_grad == 0.5
+    baseline = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)],
+                        model=default_model(3, 1, 3, architecture="baseline"))
+    assert baseline.train.denoiser_segmentation_grad == 1.0  # no denoiser: left as it is
+
+
+def test_the_knee_grid_plans_a_quarter_latent_in_3d():
+    knee = plan_run(_spec(3), [(320, 230, 444)] * 4, [(0.36, 0.36, 0.7)] * 4,
+                    grid=(56, 40, 80))
+    assert knee.model.downsample_factor == 4
+    assert (knee.model.spatial_dims, knee.train.denoiser_segmentation_grad) == (3, 0.1)
+    unet = plan_run(_spec(3), [(320, 230, 444)] * 4, [(0.36, 0.36, 0.7)] * 4,
+                    grid=(56, 40, 80), model=default_model(3, 1, 3, architecture="baseline"))
+    assert unet.model.downsample_factor == 8  # the baseline keeps its depth

@@ -78,7 +78,7 @@ def _add_train(sub) -> None:
                         "method page's lambda)")
     g.add_argument("--denoiser-seg-grad", type=float, metavar="W",
                    help="share of the segmentation loss's gradient that reaches the denoiser "
-                        "through its noise estimate (0..1; default 1: all of it)")
+                        "through its noise estimate (0..1; default 1 for a 2D model, 0.1 for 3D)")
     g.add_argument("--noise-augment", type=float, metavar="STD",
                    help="Gaussian image noise in training, as a noisy scan looks after "
                         "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "
@@ -309,6 +309,7 @@ def _cmd_train(args) -> None:
                       slice_axis=args.slice_axis, model=model, diffusion=dc, train=tc,
                       auto_flips=args.flip_axes is None,
                       auto_noise=args.noise_augment is None, auto_steps=args.steps is None,
+                      auto_seg_grad=args.denoiser_seg_grad is None,
                       keep_aspect=not args.no_keep_aspect,
                       downsamplings="auto" if args.downsamplings is None else args.downsamplings)
     best = f"{state.best_dice:.4f} (epoch {state.best_epoch})" if state.best_dice >= 0 else "n/a"
