@@ -301,7 +301,7 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
             e_b = p["baseline"]["foreground_mean"].get("ECE", math.nan)
             checks.append(f"ECE {_fmt(e_l, 4)} vs baseline {_fmt(e_b, 4)} "
                           f"({'met' if e_l < e_b else 'NOT met'}: lower)")
-        lines.append(f"- {task}: " + "; ".join(checks))
+        lines.append(f"- {task}: " + ("; ".join(checks) or "no baseline in this folder"))
     return "\n".join(lines) + "\n"
 
 
@@ -347,7 +347,7 @@ def seeds_report(works: dict[int, Path], tasks: list[str], ldseg_samples: int) -
                 for _, sc in rows.values())
     cols = [c for c in header if equal or not c.endswith("_equal")]
     lines = ["", "## Over seeds", "",
-             f"Each seed trains both models again (`ldseg train --seed S`, everything else equal). "
+             f"Each seed trains the models again (`ldseg train --seed S`, everything else equal). "
              f"Loss: foreground Dice lost at sigma {SIGMA_NOISY:g} (`ldseg robustness`).", "",
              "| task | seed | steps LDSeg / baseline | " + " | ".join(header[c] for c in cols)
              + " |", "| --- " * (3 + len(cols)) + "|"]

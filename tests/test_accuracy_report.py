@@ -81,6 +81,8 @@ def test_an_ldseg_only_folder_reports_no_baseline_verdicts(tmp_path: Path) -> No
     assert target == ("- knee3d, 2 seeds: no baseline in this folder; LDSeg Dice (1 sample) "
                       "0.920, loss at 0.1 0.005, ECE 0.0080")
     assert "NOT met" not in text
+    single = accuracy.report(works[4], ["knee3d"], 1, 8, None)
+    assert "- knee3d: no baseline in this folder" in single and "NOT met" not in single
 
 
 def test_mean_sd_ignores_missing_values() -> None:
