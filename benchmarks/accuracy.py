@@ -439,7 +439,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
     models = tuple(args.models.split(","))
-    if not models or set(models) - set(MODELS):
+    if set(models) - set(MODELS):  # "" splits to ("",), caught here too
         sys.exit(f"--models: choose from {list(MODELS)}, got '{args.models}'")
     budgets = parse_budgets(args.budget_minutes, tasks)
     threads, jobs = job_layout(args.parallel, args.threads)

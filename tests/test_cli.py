@@ -192,3 +192,18 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
                                 "--no-progress"], capsys)
         one_line_error(code, err)
         assert field in err and not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_train_leaves_the_denoiser_share_to_the_planner_unless_given(monkeypatch, easy, tmp_path,
+                                                                      capsys):
+    """The 3D default (DEFAULT_DENOISER_SEG_GRAD, test_plan.py) reaches `ldseg train` only if
+    the CLI asks the planner for it when the flag is absent."""
+    from ldseg.training import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: seen.append(kw) or trainer.TrainState())
+    assert run_cli(["train", easy, "-o", tmp_path / "a", "--no-progress"], capsys)[0] == 0
+    assert run_cli(["train", easy, "-o", tmp_path / "b", "--no-progress",
+                    "--denoiser-seg-grad", "0.3"], capsys)[0] == 0
+    assert [kw["auto_seg_grad"] for kw in seen] == [True, False]
+    assert seen[1]["train"].denoiser_segmentation_grad == 0.3
