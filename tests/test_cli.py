@@ -183,7 +183,7 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
     assert dice == {"lean": 2.0, "reference": 0.5}  # the method page's gamma by default
     assert steps == {"lean": 15, "reference": 4}  # planned for a 2D model unless given
     assert noise_weight == {"lean": 1.0, "reference": 10.0}  # the method page's lambda = 1
-    assert seg_grad == {"lean": 1.0, "reference": 0.5}
+    assert seg_grad == {"lean": 0.1, "reference": 0.5}  # planned for LDSeg unless given
     for flag, value, field in (("--noise-augment-prob", "1.5", "noise_augment_prob"),
                                ("--dice-weight", "-1", "gamma_dice"),
                                ("--noise-weight", "-1", "lambda_noise"),
@@ -196,7 +196,7 @@ def test_model_size_and_noise_flags_reach_the_saved_config(tmp_path, easy, capsy
 
 def test_train_leaves_the_denoiser_share_to_the_planner_unless_given(monkeypatch, easy, tmp_path,
                                                                       capsys):
-    """The 3D default (DEFAULT_DENOISER_SEG_GRAD, test_plan.py) reaches `ldseg train` only if
+    """The planned default (DEFAULT_DENOISER_SEG_GRAD, test_plan.py) reaches `ldseg train` only if
     the CLI asks the planner for it when the flag is absent."""
     from ldseg.training import trainer
 

@@ -105,13 +105,13 @@ def test_sampling_steps_are_planned_by_dimensionality_unless_given():
     assert (planned.diffusion.sampling_steps, planned.diffusion.eta) == (2, 0.5)
 
 
-def test_denoiser_segmentation_gradient_is_planned_for_3d_ldseg_unless_given():
+def test_denoiser_segmentation_gradient_is_planned_for_ldseg_unless_given():
     from ldseg.config import DEFAULT_DENOISER_SEG_GRAD, TrainConfig
 
-    assert DEFAULT_DENOISER_SEG_GRAD == {2: 1.0, 3: 0.1}
+    assert DEFAULT_DENOISER_SEG_GRAD == 0.1
     slices = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], dims=2)
     volume = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)])
-    assert slices.train.denoiser_segmentation_grad == 1.0
+    assert slices.train.denoiser_segmentation_grad == 0.1
     assert volume.train.denoiser_segmentation_grad == 0.1
     given = TrainConfig(denoiser_segmentation_grad=0.5)
     kept = plan_run(_spec(3), [(40, 48, 32)], [(1.0, 1.0, 3.0)], train=given,

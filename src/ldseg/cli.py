@@ -78,7 +78,7 @@ def _add_train(sub) -> None:
                         "method page's lambda)")
     g.add_argument("--denoiser-seg-grad", type=float, metavar="W",
                    help="share of the segmentation loss's gradient that reaches the denoiser "
-                        "through its noise estimate (0..1; default 1 for a 2D model, 0.1 for 3D)")
+                        "through its noise estimate (0..1; default 0.1)")
     g.add_argument("--noise-augment", type=float, metavar="STD",
                    help="Gaussian image noise in training, as a noisy scan looks after "
                         "z-scoring: per sample a std drawn from [0, STD] in z-score units, then "

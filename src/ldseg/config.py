@@ -174,12 +174,15 @@ DEFAULT_NOISE_AUGMENT_STD: dict[int, float] = {2: 2.0, 3: 1.0}
 DEFAULT_SAMPLING_STEPS: dict[int, int] = {2: 15, 3: 2}
 
 # The share of the segmentation loss's gradient into the denoiser (TrainConfig's
-# denoiser_segmentation_grad) a new run keeps. In 3D the planned 1/4 latent stalled with all
-# of it (the denoiser predicted no noise for 150-300 steps; Dice 0.914 and 0.904) and with a
-# tenth did not (knee, four seeds: Dice 0.924, ECE 0.0074 against the U-Net's 0.923 and
-# 0.0155; knee3d_denoiser_stall_2026-12-07.md). 2D keeps all of it: its models never stalled,
-# and 0.1 there is not measured; neither is 0.1 with a 3D 1/8 latent (grids of 64+ per axis).
-DEFAULT_DENOISER_SEG_GRAD: dict[int, float] = {2: 1.0, 3: 0.1}
+# denoiser_segmentation_grad) a new LDSeg run keeps, 2D and 3D. In 3D the planned 1/4 latent
+# stalled with all of it (the denoiser predicted no noise for 150-300 steps; Dice 0.914 and
+# 0.904) and with a tenth did not (knee, four seeds: Dice 0.924, ECE 0.0074 against the
+# U-Net's 0.923 and 0.0155; knee3d_denoiser_stall_2026-12-07.md). In 2D a tenth against all
+# of it, seeds 0/1, 10 min (seg_grad_2d_2026-12-07.md): knee slices Dice 0.957/0.947 against
+# 0.948/0.931 (the U-Net 0.954/0.953), label autoencoder 0.985 against 0.975, Dice lost at
+# sigma 0.4 0.024/0.032 against 0.037/0.122; GlaS 0.932/0.915 against 0.946/0.896 (a tie),
+# ECE 0.0232/0.0422 against 0.0278/0.0755. Not measured with a 3D 1/8 latent (grids of 64+).
+DEFAULT_DENOISER_SEG_GRAD: float = 0.1
 
 
 @dataclass
@@ -208,9 +211,9 @@ class TrainConfig:
     # the x0 estimate that gradient is multiplied by sqrt(1 - a) / sqrt(a), up to 20 at late
     # timesteps; on knee 3D with a 1/4 latent it was 1.4-21x the noise term's and all but
     # orthogonal to it, and the denoiser predicted nothing for up to 350 steps
-    # (benchmarks/results/knee3d_denoiser_stall_2026-12-07.md). `ldseg train` plans it by
-    # dimensionality (DEFAULT_DENOISER_SEG_GRAD); this field default is the 2D one, and the
-    # value of runs saved before the field existed.
+    # (benchmarks/results/knee3d_denoiser_stall_2026-12-07.md). `ldseg train` plans it for
+    # LDSeg (DEFAULT_DENOISER_SEG_GRAD, 0.1); this field default, all of it, is the method
+    # page's and the value of runs saved before the field existed.
     denoiser_segmentation_grad: float = 1.0
     flip_axes: tuple[int, ...] = ()  # spatial axes mirrored at random
     intensity_augment: bool = True

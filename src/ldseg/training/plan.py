@@ -155,7 +155,7 @@ def plan_run(
     which is also what happens when no `model` is given; None with a model keeps it as it is.
     `auto_steps` sets the sampling steps by dimensionality (DEFAULT_SAMPLING_STEPS); None does so
     unless a `diffusion` config is given. `auto_seg_grad` sets LDSeg's share of the
-    segmentation gradient into the denoiser by dimensionality (DEFAULT_DENOISER_SEG_GRAD).
+    segmentation gradient into the denoiser (DEFAULT_DENOISER_SEG_GRAD).
     """
     data_dims = spec.spatial_dims
     dims = dims or data_dims
@@ -194,7 +194,7 @@ def plan_run(
     if auto_noise:  # the training-noise width that held up for this dimensionality
         train = replace(train, noise_augment_std=DEFAULT_NOISE_AUGMENT_STD[dims])
     if auto_seg_grad and model.architecture == "ldseg":
-        train = replace(train, denoiser_segmentation_grad=DEFAULT_DENOISER_SEG_GRAD[dims])
+        train = replace(train, denoiser_segmentation_grad=DEFAULT_DENOISER_SEG_GRAD)
     if auto_steps is None:
         auto_steps = diffusion is None
     diffusion = diffusion or DiffusionConfig()
