@@ -179,7 +179,7 @@ DEFAULT_SAMPLING_STEPS: dict[int, int] = {2: 15, 3: 2}
 # 0.904) and with a tenth did not (knee, four seeds: Dice 0.924, ECE 0.0074 against the
 # U-Net's 0.923 and 0.0155; knee3d_denoiser_stall_2026-12-07.md). In 2D a tenth against all
 # of it, seeds 0/1, 10 min (seg_grad_2d_2026-12-07.md): knee slices Dice 0.957/0.947 against
-# 0.948/0.931 (the U-Net 0.954/0.953), label autoencoder 0.985 against 0.975, Dice lost at
+# 0.948/0.931 (the U-Net 0.954/0.953), label autoencoder (mean) 0.985 against 0.975, loss at
 # sigma 0.4 0.024/0.032 against 0.037/0.122; GlaS 0.932/0.915 against 0.946/0.896 (a tie),
 # ECE 0.0232/0.0422 against 0.0278/0.0755. Not measured with a 3D 1/8 latent (grids of 64+).
 DEFAULT_DENOISER_SEG_GRAD: float = 0.1
