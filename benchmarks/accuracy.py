@@ -182,7 +182,10 @@ def task_results(work: Path, task: str) -> dict:
     """Everything the tables need for one task, read from the run and output folders."""
     out: dict = {"predictions": {}, "robustness": {}}
     config = _load(work / "runs" / task / "ldseg" / "config.json")
-    out["grid"] = "x".join(map(str, config.get("preprocess", {}).get("grid", [])))
+    # Both models train on the planned grid: a baseline-only folder has it in its own config.
+    grid = (config or _load(work / "runs" / task / "baseline" / "config.json")).get(
+        "preprocess", {}).get("grid", [])
+    out["grid"] = "x".join(map(str, grid))
     out["sampling_steps"] = config.get("diffusion", {}).get("sampling_steps")
     out["steps"] = {m: _steps(work / "runs" / task / m) for m in MODELS}
     out["budgets"] = {m: _load(work / "runs" / task / m / "config.json").get("train", {})
@@ -301,7 +304,8 @@ def report(work: Path, tasks: list[str], threads: int, ldseg_samples: int, steps
             e_b = p["baseline"]["foreground_mean"].get("ECE", math.nan)
             checks.append(f"ECE {_fmt(e_l, 4)} vs baseline {_fmt(e_b, 4)} "
                           f"({'met' if e_l < e_b else 'NOT met'}: lower)")
-        lines.append(f"- {task}: " + ("; ".join(checks) or "no baseline in this folder"))
+        alone = "no LDSeg" if "baseline" in p else "no baseline"  # a --models folder
+        lines.append(f"- {task}: " + ("; ".join(checks) or f"{alone} in this folder"))
     return "\n".join(lines) + "\n"
 
 

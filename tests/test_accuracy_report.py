@@ -107,3 +107,19 @@ def test_steps_are_each_runs_own_unless_given(tmp_path: Path) -> None:
     results = {"knee3d": accuracy.task_results(tmp_path, "knee3d"), "glas": {}}
     assert accuracy._steps_text(None, results) == "each run's own steps (knee3d 2, glas n/a)"
     assert accuracy._steps_text(15, results) == "15 steps"
+
+
+def test_a_baseline_only_folder_reports_its_grid_and_no_ldseg(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "glas" / "baseline"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"preprocess": {"grid": [224, 320]}}))
+    results = accuracy.task_results(tmp_path, "glas")
+    assert results["grid"] == "224x320" and results["sampling_steps"] is None
+    out = tmp_path / "pred" / "glas" / "baseline"
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps(
+        {"class_names": {"1": "gland"}, "mean": {"1": {"Dice": 0.8, "HD95": 80.0}},
+         "foreground_mean": {"Dice": 0.8, "ECE": 0.2}}))
+    text = accuracy.report(tmp_path, ["glas"], 1, 8, None)
+    assert "| glas | baseline U-Net | n/a | 224x320 |" in text
+    assert "- glas: no LDSeg in this folder" in text
