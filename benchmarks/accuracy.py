@@ -181,15 +181,13 @@ def _steps_text(steps: int | None, results: dict) -> str:
 def task_results(work: Path, task: str) -> dict:
     """Everything the tables need for one task, read from the run and output folders."""
     out: dict = {"predictions": {}, "robustness": {}}
-    config = _load(work / "runs" / task / "ldseg" / "config.json")
+    configs = {m: _load(work / "runs" / task / m / "config.json") for m in MODELS}
     # Both models train on the planned grid: a baseline-only folder has it in its own config.
-    grid = (config or _load(work / "runs" / task / "baseline" / "config.json")).get(
-        "preprocess", {}).get("grid", [])
+    grid = (configs["ldseg"] or configs["baseline"]).get("preprocess", {}).get("grid", [])
     out["grid"] = "x".join(map(str, grid))
-    out["sampling_steps"] = config.get("diffusion", {}).get("sampling_steps")
+    out["sampling_steps"] = configs["ldseg"].get("diffusion", {}).get("sampling_steps")
     out["steps"] = {m: _steps(work / "runs" / task / m) for m in MODELS}
-    out["budgets"] = {m: _load(work / "runs" / task / m / "config.json").get("train", {})
-                      .get("budget_minutes") for m in MODELS}
+    out["budgets"] = {m: c.get("train", {}).get("budget_minutes") for m, c in configs.items()}
     out["steps"][EQUAL_STEPS] = _steps(work / "runs" / task / EQUAL_STEPS)
     for folder in (*PREDICTIONS, EQUAL_STEPS, AUTOENCODER):
         summary = _load(work / "pred" / task / folder / "summary.json")
